@@ -1,0 +1,69 @@
+"""Physical surgery: remove a plan's channels and get a smaller model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from prunelab.graph.plan import Plan
+
+
+def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
+    """Return `model` with the channels `plan` drops physically removed.
+
+    The result is an ordinary module of the same classes with smaller layers:
+    it runs at the speed of its new shapes, needs no hooks, and gives the same
+    outputs as the model with the same channels masked to zero.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    removed = plan.removed_positions()
+    by_param: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
+    for (module, param, dim), pos in removed.items():
+        by_param.setdefault((module, param), []).append((dim, pos))
+
+    original = {name: _layer_attrs(m) for name, m in target.named_modules()}
+    for (module, param), cuts in by_param.items():
+        mod = target.get_submodule(module)
+        tensor = getattr(mod, param)
+        new = tensor.detach()
+        for dim, pos in cuts:
+            keep = torch.ones(new.shape[dim], dtype=torch.bool)
+            keep[pos] = False
+            new = new.index_select(dim, torch.nonzero(keep).flatten().to(new.device))
+        new = new.clone().contiguous()
+        if isinstance(tensor, nn.Parameter):
+            setattr(mod, param, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            mod.register_buffer(param, new, persistent=param not in mod._non_persistent_buffers_set)
+    for name in {m for m, _ in by_param}:
+        _update_attrs(target.get_submodule(name), original[name])
+    return target
+
+
+def _layer_attrs(m: nn.Module) -> dict[str, int]:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+    return {}
+
+
+def _update_attrs(m: nn.Module, before: dict[str, int]) -> None:
+    """Make a layer's recorded sizes agree with its new tensors."""
+    if isinstance(m, nn.modules.conv._ConvNd):
+        out_ch, per_group = m.weight.shape[0], m.weight.shape[1]
+        depthwise = before["groups"] > 1 and before["groups"] == before["in"]
+        if depthwise:
+            multiplier = before["out"] // before["groups"]
+            m.groups = out_ch // multiplier
+            m.in_channels = m.groups
+        else:
+            m.in_channels = per_group * m.groups
+        m.out_channels = out_ch
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, nn.modules.batchnorm._NormBase):
+        ref = m.weight if m.weight is not None else m.running_mean
+        m.num_features = ref.shape[0]
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.shape[0]
