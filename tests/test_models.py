@@ -27,7 +27,7 @@ ZOO = [
     "cifar_mobilenet_v2",
     "wrn28_10",
 ]
-BIG = {"wrn28_10", "cifar_vgg19"}
+BIG = {"wrn28_10", "cifar_vgg16", "cifar_vgg19", "resnet164", "resnet110"}
 
 
 def _batch(name: str) -> int:
@@ -44,21 +44,14 @@ def test_zoo_model_builds_runs_and_traces(name: str) -> None:
     x = torch.randn(_batch(name), *size)
     with torch.no_grad():
         out = model(x)
-    assert out.shape == (x.shape[0], 10)
-    assert torch.isfinite(out).all()
-
-    traced = torch.fx.symbolic_trace(model)
-    with torch.no_grad():
+        assert out.shape == (x.shape[0], 10)
+        assert torch.isfinite(out).all()
+        traced = torch.fx.symbolic_trace(model)
         torch.testing.assert_close(traced(x), out)
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_zoo_model_runs_at_lower_resolution(name: str) -> None:
-    """Resolution pruning feeds smaller images; global pooling must absorb them."""
-    model = models.create(name, num_classes=3).eval()
-    with torch.no_grad():
-        out = model(torch.randn(1, 3, 24, 24))
-    assert out.shape == (1, 3)
+        # Resolution pruning feeds smaller images; global pooling must absorb them.
+        assert model(torch.randn(1, 3, 24, 24)).shape == (1, 10)
+    # Hooks on BN outputs must see what BN produced, not a tensor rewritten by ReLU.
+    assert not [m for m in model.modules() if getattr(m, "inplace", False)]
 
 
 def test_list_models_has_ours_and_torchvision() -> None:
@@ -227,10 +220,3 @@ def test_initialisation() -> None:
     conv = model.layer3[5].conv1  # 64 out channels, 3x3: fan_out 576
     expected = (2.0 / (64 * 9)) ** 0.5
     assert conv.weight.std().item() == pytest.approx(expected, rel=0.1)
-
-
-@pytest.mark.parametrize("name", ZOO)
-def test_zoo_uses_no_inplace_activations(name: str) -> None:
-    """Hooks on BN outputs must see what BN produced, not a tensor rewritten by ReLU."""
-    model = models.create(name)
-    assert not [m for m in model.modules() if getattr(m, "inplace", False)]

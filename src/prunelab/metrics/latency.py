@@ -290,7 +290,8 @@ def compare_train_step(
     layouts = _per_model(channels_last, names, "channels_last")
     runners = {}
     for name in names:
-        model = copy.deepcopy(models[name])
+        # channels_last conversion already copies; otherwise copy here.
+        model = models[name] if layouts[name] else copy.deepcopy(models[name])
         model, x = _to_layout(model, inputs[name], layouts[name])
         runners[name] = _train_step_runner(model, x, targets, loss_fn, lr)
     device = next(iter(inputs.values())).device
