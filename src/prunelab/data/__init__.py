@@ -1,0 +1,71 @@
+"""Data sets and loaders: `build_data(name, ...)` returns train/test(/hold-out) loaders.
+
+Names: `synthetic` (tiny, deterministic, for tests and demos), `cifar10_jpg`
+(the JPEG archive in $PRUNELAB_DATA, decoded once and cached in
+$PRUNELAB_CACHE), `cifar10` / `cifar100` (torchvision's pickled batches),
+`imagefolder` (any `train/<class>/`, `val/<class>/` tree, streamed).
+"""
+
+from prunelab.data.archive import (
+    CIFAR10_JPG_NAME,
+    CIFAR10_JPG_SHA256,
+    decode_archive,
+    load_cifar10_jpg,
+    load_image_archive,
+    sha256_file,
+)
+from prunelab.data.arrays import ImageArrays, cache_root, data_root
+from prunelab.data.augment import crop_flip, draw_crop_flip, normalize, resize
+from prunelab.data.cifar import load_cifar_pickled
+from prunelab.data.folder import FolderLoader, ShardSampler, imagenet_transforms
+from prunelab.data.loader import TensorLoader, shard_positions
+from prunelab.data.registry import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataBundle,
+    Loader,
+    available_data,
+    build_data,
+    register_data,
+    split_holdout,
+)
+from prunelab.data.synthetic import make_synthetic
+
+__all__ = [
+    "CIFAR10_JPG_NAME",
+    "CIFAR10_JPG_SHA256",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataBundle",
+    "FolderLoader",
+    "ImageArrays",
+    "Loader",
+    "ShardSampler",
+    "TensorLoader",
+    "available_data",
+    "build_data",
+    "cache_root",
+    "crop_flip",
+    "data_root",
+    "decode_archive",
+    "draw_crop_flip",
+    "imagenet_transforms",
+    "load_cifar10_jpg",
+    "load_cifar_pickled",
+    "load_image_archive",
+    "make_synthetic",
+    "normalize",
+    "register_data",
+    "resize",
+    "sha256_file",
+    "shard_positions",
+    "split_holdout",
+]

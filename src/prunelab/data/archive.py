@@ -1,0 +1,260 @@
+"""CIFAR-10 as a tar.gz of JPEG files: verify, decode once, cache as .npy.
+
+The archive (`train/<class>/*.jpg`, `test/<class>/*.jpg`) is read where it lies
+in the data folder and never copied. Its sha256 is checked before decoding; the
+decoded uint8 arrays are cached under the cache folder in a sub-folder named
+after the archive's checksum, so a changed archive is decoded again instead of
+silently reusing stale arrays. Files are written atomically and `meta.json`
+last, so an interrupted decode leaves no cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing as mp
+import os
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunelab.data.arrays import ImageArrays, atomic_save_npy, atomic_write_bytes, cache_root
+from prunelab.errors import CorruptFileError, DataNotFoundError
+
+CIFAR10_JPG_NAME = "cifar10-jpg.tar.gz"
+CIFAR10_JPG_SHA256 = "097287809041e0a666355dfce11470ba1b3f2631fe910d8793c716253f10b297"
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+_SPLITS = {"train": "train", "test": "test", "val": "test"}
+_CACHE_FORMAT = 1
+_CHUNK = 2000
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB pieces."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _decode_chunk(blobs: list[bytes]) -> tuple[np.ndarray | None, int, str]:
+    """Decode JPEG bytes to one (n, H, W, 3) uint8 array (runs in a worker process).
+
+    Returns (array, -1, "") or (None, index of the bad image, reason).
+    """
+    from PIL import Image  # imported here: workers need nothing else
+
+    out: np.ndarray | None = None
+    for i, blob in enumerate(blobs):
+        try:
+            with Image.open(io.BytesIO(blob)) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except Exception as exc:  # PIL raises many kinds for broken data
+            return None, i, f"{type(exc).__name__}: {exc}"
+        if out is None:
+            out = np.empty((len(blobs), *arr.shape), dtype=np.uint8)
+        if arr.shape != out.shape[1:]:
+            return None, i, f"size {arr.shape[1]}x{arr.shape[0]} differs from {out.shape[2]}x" \
+                            f"{out.shape[1]}"
+        out[i] = arr
+    return out, -1, ""
+
+
+def _iter_members(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
+    """Image files of the archive in archive order as (split, class, member name, bytes)."""
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                name = member.name
+                parts = [p for p in name.split("/") if p not in ("", ".")]
+                if len(parts) < 3 or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+                    continue
+                split = _SPLITS.get(parts[-3].lower())
+                fobj = tf.extractfile(member) if split is not None else None
+                if split is None or fobj is None:
+                    continue
+                yield split, parts[-2], name, fobj.read()
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # zlib errors are OSError
+        raise CorruptFileError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
+
+
+def _read_and_decode(archive: Path, workers: int) -> tuple[list[tuple[str, str, str]], np.ndarray]:
+    """Stream the archive and decode it in chunks while reading continues.
+
+    Returns the (split, class, name) of every image in archive order and the
+    (N, H, W, 3) images in the same order.
+    """
+    keys: list[tuple[str, str, str]] = []
+    results: list[Any] = []
+    pool: ProcessPoolExecutor | None = None
+    if workers > 1:
+        # fork: workers only run PIL/numpy, and spawning would re-import torch
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+    try:
+        chunk: list[bytes] = []
+        for split, cls, name, blob in _iter_members(archive):
+            keys.append((split, cls, name))
+            chunk.append(blob)
+            if len(chunk) == _CHUNK:
+                results.append(pool.submit(_decode_chunk, chunk) if pool else _decode_chunk(chunk))
+                chunk = []
+        if chunk:
+            results.append(pool.submit(_decode_chunk, chunk) if pool else _decode_chunk(chunk))
+        results = [r.result() if pool else r for r in results]
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    arrays = []
+    for ci, (arr, bad, why) in enumerate(results):
+        if arr is None:
+            raise CorruptFileError(f"{archive}: cannot decode {keys[ci * _CHUNK + bad][2]}: {why}")
+        arrays.append(arr)
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        raise CorruptFileError(f"{archive}: images of different sizes {sorted(shapes)}")
+    return keys, (np.concatenate(arrays) if arrays else np.empty((0, 1, 1, 3), np.uint8))
+
+
+def decode_archive(archive: Path, workers: int = 2) -> ImageArrays:
+    """Decode an archive of `train/<class>/*` and `test/<class>/*` images to arrays.
+
+    Images are ordered by (split, class, file name) whatever the archive order;
+    labels follow the alphabetical order of the class folder names.
+    """
+    keys, images = _read_and_decode(archive, workers)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    train = [i for i in order if keys[i][0] == "train"]
+    test = [i for i in order if keys[i][0] == "test"]
+    if not train or not test:
+        raise CorruptFileError(
+            f"{archive} holds no train/<class>/*.jpg and test/<class>/*.jpg images "
+            f"(found {len(train)} train and {len(test)} test images)"
+        )
+    classes = sorted({keys[i][1] for i in train})
+    unknown = sorted({keys[i][1] for i in test} - set(classes))
+    if unknown:
+        raise CorruptFileError(f"{archive}: test classes {unknown} have no training images")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def take(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(images[idx].transpose(0, 3, 1, 2))  # N, C, H, W
+        y = np.array([index[keys[i][1]] for i in idx], dtype=np.int64)
+        return x, y
+
+    train_x, train_y = take(train)
+    test_x, test_y = take(test)
+    return ImageArrays(train_x, train_y, test_x, test_y, classes)
+
+
+_FILES = ("train_x", "train_y", "test_x", "test_y")
+
+
+def _load_cache(folder: Path) -> ImageArrays | None:
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        arrays: dict[str, np.ndarray] = {}
+        for key in _FILES:
+            arrays[key] = np.load(folder / f"{key}.npy", allow_pickle=False)
+        ok = (
+            meta.get("format") == _CACHE_FORMAT
+            and list(arrays["train_x"].shape) == [meta["train"], *meta["shape"]]
+            and list(arrays["test_x"].shape) == [meta["test"], *meta["shape"]]
+            and arrays["train_y"].shape == (meta["train"],)
+            and arrays["test_y"].shape == (meta["test"],)
+            and arrays["train_x"].dtype == np.uint8
+        )
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        raise CorruptFileError(
+            f"decoded cache in {folder} is truncated or damaged ({exc}); "
+            f"delete that folder to decode the archive again"
+        ) from exc
+    if not ok:
+        raise CorruptFileError(
+            f"decoded cache in {folder} does not match its meta.json; "
+            f"delete that folder to decode the archive again"
+        )
+    return ImageArrays(arrays["train_x"], arrays["train_y"], arrays["test_x"], arrays["test_y"],
+                       list(meta["classes"]))
+
+
+def _write_cache(folder: Path, arrays: ImageArrays, digest: str, source: Path) -> None:
+    for key in _FILES:
+        atomic_save_npy(folder / f"{key}.npy", getattr(arrays, key))
+    meta: dict[str, Any] = {
+        "format": _CACHE_FORMAT,
+        "source": str(source),
+        "sha256": digest,
+        "classes": arrays.classes,
+        "train": int(arrays.train_x.shape[0]),
+        "test": int(arrays.test_x.shape[0]),
+        "shape": list(arrays.train_x.shape[1:]),
+    }
+    data = json.dumps(meta, indent=1).encode()
+    atomic_write_bytes(folder / "meta.json", lambda f: f.write(data))
+
+
+def load_image_archive(
+    archive: Path,
+    *,
+    sha256: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    quiet: bool = True,
+) -> ImageArrays:
+    """Verified, cached decode of an image archive.
+
+    `sha256=None` skips verification (the cache is still keyed by the actual
+    checksum). Raises DataNotFoundError for a missing archive and
+    CorruptFileError for a checksum mismatch, an undecodable archive or a
+    damaged cache, each naming the file.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataNotFoundError(f"image archive not found: looked for {archive}")
+    digest = sha256_file(archive)
+    if sha256 is not None and digest != sha256.lower():
+        raise CorruptFileError(
+            f"{archive} has sha256 {digest}, expected {sha256}: the file is damaged or "
+            f"not the expected archive"
+        )
+    folder = cache_root(cache_dir) / f"{archive.name.split('.')[0]}-{digest[:16]}"
+    cached = _load_cache(folder)
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    arrays = decode_archive(archive, workers=workers)
+    _write_cache(folder, arrays, digest, archive)
+    if not quiet:
+        print(f"decoded {archive.name}: {arrays.train_x.shape[0]} train + "
+              f"{arrays.test_x.shape[0]} test images in {time.perf_counter() - t0:.1f} s, "
+              f"cached in {folder}", file=sys.stderr)
+    return arrays
+
+
+def load_cifar10_jpg(
+    root: Path,
+    *,
+    sha256: str | None = CIFAR10_JPG_SHA256,
+    cache_dir: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    quiet: bool = True,
+) -> ImageArrays:
+    """CIFAR-10 (JPEG) from `root`/cifar10-jpg.tar.gz, decoded once and cached."""
+    return load_image_archive(Path(root) / CIFAR10_JPG_NAME, sha256=sha256, cache_dir=cache_dir,
+                              workers=workers, quiet=quiet)

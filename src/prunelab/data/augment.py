@@ -1,0 +1,83 @@
+"""Whole-batch augmentation on uint8 tensors.
+
+Per-image PIL work would dominate a CIFAR epoch on two cores, so the in-memory
+loaders augment a whole batch with a handful of tensor ops: the pad-and-crop
+and the horizontal flip are one gather with per-sample index arithmetic, then
+one float conversion that also normalises. Randomness is drawn separately
+(`draw_crop_flip`) so that it can come from the loader's own generator and be
+tested on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def draw_crop_flip(
+    n: int, pad: int, flip: bool, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw per-sample crop offsets in [0, 2*pad] and flip decisions.
+
+    Always draws the same amount of randomness whatever `pad`/`flip` say, so
+    switching augmentation on or off never shifts the random stream.
+    """
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    if not flip:
+        flips = torch.zeros_like(flips)
+    return offsets[0], offsets[1], flips
+
+
+def crop_flip(
+    x: torch.Tensor,
+    offset_y: torch.Tensor,
+    offset_x: torch.Tensor,
+    flips: torch.Tensor,
+    pad: int,
+) -> torch.Tensor:
+    """Pad every image by `pad` zeros, crop back to H x W at the given offsets, flip some.
+
+    `x` is (B, C, H, W) of any dtype; offsets are (B,) integers in [0, 2*pad],
+    `flips` is a (B,) bool mask. Equivalent to torchvision's
+    RandomCrop(H, padding=pad) + RandomHorizontalFlip applied per image, done as
+    a single advanced-indexing gather: the flip is folded into the column index.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
+    rows = offset_y.to(dev).view(b, 1) + torch.arange(h, device=dev).view(1, h)  # (B, H)
+    cols_fwd = torch.arange(w, device=dev).view(1, w)
+    cols_rev = torch.arange(w - 1, -1, -1, device=dev).view(1, w)
+    cols = torch.where(flips.to(dev).view(b, 1), cols_rev, cols_fwd) + offset_x.to(dev).view(b, 1)
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def normalize(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 (B, C, H, W) in [0, 255] -> float32 standardised per channel.
+
+    Mean and std are given for images in [0, 1] (the usual published values).
+    """
+    c = x.shape[1]
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, c, 1, 1) * 255.0
+    return (x.float() - m) / s
+
+
+def resize(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    """Bilinear, antialiased down- (or up-) sampling to resolution x resolution.
+
+    Resolution pruning trains and evaluates on smaller inputs; antialiasing keeps
+    the down-sampled image close to what a camera at that resolution would see.
+    """
+    if resolution is None or (x.shape[-2] == resolution and x.shape[-1] == resolution):
+        return x
+    return F.interpolate(
+        x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+    )

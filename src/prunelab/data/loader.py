@@ -1,0 +1,174 @@
+"""A data loader for image sets that fit in memory (CIFAR, synthetic).
+
+Batches are cut from one uint8 tensor and augmented as a whole batch, so two
+CPU cores spend their time in the model, not in per-image PIL calls or worker
+processes. All randomness of an epoch (order, crop offsets, flips) is drawn up
+front from the loader's own `torch.Generator`; its state at an epoch boundary
+is therefore all a checkpoint needs to continue exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from prunelab.data.augment import crop_flip, draw_crop_flip, normalize, resize
+from prunelab.errors import ConfigError, CorruptFileError
+
+
+def dist_rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_positions(n: int, rank: int, world: int, even: bool, drop_last: bool) -> torch.Tensor:
+    """Positions in an epoch's order of length `n` that `rank` of `world` processes sees.
+
+    Rank r takes positions r, r+world, r+2*world, ... (like DistributedSampler), so
+    batch k of all ranks together is exactly positions k*B*world ... (k+1)*B*world
+    of the shared order: a 2-process run with batch B sees the same samples per
+    step as one process with batch 2B. `even` makes every rank see the same
+    count (needed in training, where DDP expects equal step counts) by dropping
+    the tail (`drop_last`) or wrapping around to the start; evaluation shards
+    are not padded so that summed metrics count each sample once.
+    """
+    pos = torch.arange(n)
+    if world > 1 and even:
+        if drop_last:
+            pos = pos[: (n // world) * world]
+        else:
+            total = -(-n // world) * world
+            pos = torch.cat([pos, pos[: total - n]]) if total > n else pos
+            while pos.numel() < total:  # fewer samples than ranks
+                pos = torch.cat([pos, pos[: total - pos.numel()]])
+    return pos[rank::world]
+
+
+class TensorLoader:
+    """Iterates (float images, int64 labels) batches from in-memory uint8 images.
+
+    images: (N, C, H, W) uint8; labels: (N,) int64; `indices` restricts the
+    loader to a subset (a hold-out split shares the storage of the training set).
+    Training loaders use `augment=True` (pad-`pad` random crop + horizontal flip)
+    and `shuffle=True`. `resolution` bilinearly resizes every batch. When
+    torch.distributed is initialised, each rank iterates its own shard of the
+    epoch's shared permutation (`shard=False` turns that off).
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        indices: torch.Tensor | None = None,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        pad: int = 4,
+        flip: bool = True,
+        resolution: int | None = None,
+        seed: int = 0,
+        shard: bool = True,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ConfigError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} "
+                              f"{tuple(images.shape)}")
+        if labels.shape[0] != images.shape[0]:
+            raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.images = images
+        self.labels = labels.long()
+        self.indices = None if indices is None else indices.long().cpu()
+        self.batch_size = int(batch_size)
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.pad = pad
+        self.flip = flip
+        self.resolution = resolution
+        self.seed = seed
+        self.shard = shard
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_samples(self) -> int:
+        """Samples in the whole split (all ranks together)."""
+        return self.images.shape[0] if self.indices is None else self.indices.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def _rank_world(self) -> tuple[int, int]:
+        return dist_rank_world() if self.shard else (0, 1)
+
+    def _my_positions(self) -> torch.Tensor:
+        rank, world = self._rank_world()
+        return shard_positions(self.num_samples, rank, world, even=self.shuffle,
+                               drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        n = self._my_positions().numel()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    # -------------------------------------------------------------- iteration
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_samples
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.augment:
+            oy, ox, fl = draw_crop_flip(n, self.pad, self.flip, self.generator)
+        self.epoch += 1
+        pos = self._my_positions()
+        order = order[pos]
+        if self.augment:
+            oy, ox, fl = oy[pos], ox[pos], fl[pos]
+        if self.indices is not None:
+            order = self.indices[order]
+        bs = self.batch_size
+        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
+        dev = self.images.device
+        order_dev = order.to(dev)
+        for start in range(0, stop, bs):
+            idx = order_dev[start:start + bs]
+            x = self.images.index_select(0, idx)
+            if self.augment:
+                sl = slice(start, start + bs)
+                x = crop_flip(x, oy[sl], ox[sl], fl[sl], self.pad)
+            x = resize(normalize(x, self.mean, self.std), self.resolution)
+            yield x, self.labels.index_select(0, idx)
+
+    # ------------------------------------------------------------ state, misc
+    def to(self, device: torch.device | str) -> TensorLoader:
+        """Keep the images on `device` so batches are cut and augmented there."""
+        self.images = self.images.to(device)
+        self.labels = self.labels.to(device)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Only records the epoch; order comes from the generator (see state_dict)."""
+        self.epoch = epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch count and generator state: enough to replay the next epochs exactly."""
+        return {"kind": "tensor", "epoch": self.epoch, "seed": self.seed,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.epoch = int(state["epoch"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CorruptFileError(f"data loader state is not a TensorLoader state: {exc}") from exc
