@@ -136,6 +136,7 @@ class ChannelGraph:
     param_shapes: dict[tuple[str, str], tuple[int, ...]]
     input_shape: tuple[int, ...]
     module_types: dict[str, type] = field(default_factory=dict)
+    buffer_keys: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def prunable(self) -> list[Group]:

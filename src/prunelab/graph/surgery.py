@@ -67,3 +67,31 @@ def _update_attrs(m: nn.Module, before: dict[str, int]) -> None:
         m.num_features = ref.shape[0]
     elif isinstance(m, nn.PReLU):
         m.num_parameters = m.weight.shape[0]
+
+
+def resize_to(model: nn.Module, shapes: dict[str, torch.Size]) -> nn.Module:
+    """Give `model`'s tensors the shapes of a pruned state dict (values uninitialised).
+
+    Used to rebuild a pruned model from its recipe: build the dense model,
+    resize it to the saved shapes, then load the saved weights.
+    """
+    original = {name: _layer_attrs(m) for name, m in model.named_modules()}
+    touched: set[str] = set()
+    for key, shape in shapes.items():
+        module, _, name = key.rpartition(".")
+        try:
+            mod = model.get_submodule(module)
+        except AttributeError:
+            continue  # load_state_dict reports unexpected keys with their names
+        tensor = getattr(mod, name, None)
+        if not isinstance(tensor, torch.Tensor) or tensor.shape == shape:
+            continue
+        new = torch.empty(shape, dtype=tensor.dtype, device=tensor.device)
+        if isinstance(tensor, nn.Parameter):
+            setattr(mod, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            mod.register_buffer(name, new, persistent=name not in mod._non_persistent_buffers_set)
+        touched.add(module)
+    for name in touched:
+        _update_attrs(model.get_submodule(name), original[name])
+    return model

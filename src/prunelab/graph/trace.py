@@ -852,6 +852,11 @@ def trace(
         param_shapes=param_shapes,
         input_shape=tuple(inputs[0].shape),
         module_types={n: type(m) for n, m in model.named_modules()},
+        buffer_keys=frozenset(
+            (mn, bn)
+            for mn, mod in model.named_modules()
+            for bn, _ in mod.named_buffers(recurse=False)
+        ),
     )
 
 

@@ -1,0 +1,110 @@
+"""Save and load pruned models: the structure travels with the weights.
+
+A model built by `prunelab.models.create` is saved as its recipe (name and
+arguments), the names of blocks replaced by identity, and its state dict.
+Loading rebuilds the dense model, resizes every layer to the saved tensor
+shapes and loads the weights; it needs nothing but the file, and reads it with
+`torch.load(weights_only=True)`, so a file cannot run code. A model of any
+other class is saved pickled whole; loading such a file needs its class to
+be importable and the file to be trusted.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prunelab.atomic import atomic_write_bytes
+from prunelab.errors import CorruptFileError
+from prunelab.graph.surgery import resize_to
+
+FORMAT = "prunelab-model"
+VERSION = 1
+
+
+def save(
+    model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None
+) -> None:
+    """Write `model` to `path` atomically, with optional JSON-like `meta`."""
+    arch = getattr(model, "prunelab_arch", None)
+    meta = dict(meta or {})
+    input_size = getattr(model, "prunelab_input_size", None)
+    if input_size is not None:
+        meta.setdefault("input_size", list(input_size))
+    payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": meta}
+    if arch is not None:
+        payload["kind"] = "recipe"
+        payload["arch"] = arch
+        payload["identity"] = [
+            name for name, m in model.named_modules() if name and isinstance(m, nn.Identity)
+        ]
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    else:
+        payload["kind"] = "pickle"
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        payload["module"] = buf.getvalue()
+    atomic_write_bytes(path, lambda f: torch.save(payload, f))
+
+
+def load(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """Load a model written by `save`, in eval mode, with its `prunelab_meta` attached."""
+    payload = _read(path, map_location)
+    if payload["kind"] == "recipe":
+        from prunelab.models import create_from_arch
+
+        model = create_from_arch(payload["arch"])
+        for name in payload.get("identity", []):
+            if not isinstance(model.get_submodule(name), nn.Identity):
+                model.set_submodule(name, nn.Identity())
+        state = payload["state_dict"]
+        resize_to(model, {k: v.shape for k, v in state.items()})
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise CorruptFileError(f"{path}: weights do not fit the saved recipe: {exc}") from exc
+    elif payload["kind"] == "pickle":
+        if not trust_pickle:
+            raise CorruptFileError(
+                f"{path} holds a pickled model of a class prunelab cannot rebuild; "
+                "pass trust_pickle=True if you trust the file"
+            )
+        model = torch.load(io.BytesIO(payload["module"]), map_location=map_location,
+                           weights_only=False)
+    else:
+        raise CorruptFileError(f"{path}: unknown model kind {payload['kind']!r}")
+    meta = payload.get("meta", {})
+    model.prunelab_meta = meta
+    if "input_size" in meta:
+        model.prunelab_input_size = tuple(meta["input_size"])
+    return model.to(map_location).eval()
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata saved with a model, without building the model."""
+    return dict(_read(path, "cpu").get("meta", {}))
+
+
+def _read(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any]:
+    if not os.path.exists(path):
+        raise CorruptFileError(f"no model file at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        raise CorruptFileError(f"{path} is not a readable prunelab model file: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CorruptFileError(f"{path} is not a prunelab model file (no '{FORMAT}' header)")
+    if payload.get("version", 0) > VERSION:
+        raise CorruptFileError(
+            f"{path} was written by a newer prunelab (format version {payload['version']})"
+        )
+    return payload

@@ -1,0 +1,262 @@
+"""Planners: decide how many units each group keeps, and which.
+
+Every planner scores units with a criterion, decides a kept count per group,
+and keeps the highest-scoring units. They differ in how counts are chosen:
+
+- `uniform`: the same kept fraction in every group;
+- `per_group`: explicit fractions by group index or name;
+- `global_rank`: one threshold over scores pooled across groups;
+- `for_cost`: whatever fraction (uniform or global) meets a target cost,
+  e.g. 50% of the baseline FLOPs, within a tolerance.
+
+Kept counts can be rounded to a multiple (8, 16) so the pruned layers stay on
+the fast paths of CPU and GPU kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+
+from prunelab.criteria import score
+from prunelab.errors import ConfigError, InfeasibleBudgetError
+from prunelab.graph.cost import PlanCost, base_cost, cost_of_masks
+from prunelab.graph.groups import ChannelGraph, Group
+from prunelab.graph.plan import Plan, round_keep
+
+Scores = dict[int, torch.Tensor]
+
+
+def select_groups(
+    graph: ChannelGraph, shortcuts: bool = True, groups: Iterable[int] | None = None
+) -> list[Group]:
+    """Prunable groups to plan over; `shortcuts=False` leaves residual-coupled groups whole."""
+    chosen = graph.prunable if groups is None else [graph.groups[i] for i in groups]
+    for g in chosen:
+        if not g.prunable:
+            raise ConfigError(f"group {g.index} ({g.name}) may not be pruned: {g.reason}")
+    return [g for g in chosen if shortcuts or not g.coupled]
+
+
+def score_groups(
+    model: nn.Module,
+    groups: Iterable[Group],
+    criterion: str = "l1",
+    stats: Mapping[str, Any] | None = None,
+) -> Scores:
+    """Unit scores for each group, by criterion name."""
+    return {g.index: score(criterion, model, g, stats) for g in groups}
+
+
+def _keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
+    # A stable order makes ties (e.g. all-zero scores) resolve by index, repeatably.
+    order = torch.argsort(scores, descending=True, stable=True)
+    return order[:n]
+
+
+def plan_from_counts(graph: ChannelGraph, scores: Scores, counts: Mapping[int, int]) -> Plan:
+    """Keep the `counts[g]` best-scoring units of each group."""
+    return Plan(graph, {g: _keep_top(scores[g], n) for g, n in counts.items()})
+
+
+def uniform(
+    model: nn.Module,
+    graph: ChannelGraph,
+    keep: float,
+    criterion: str = "l1",
+    round_to: int = 1,
+    shortcuts: bool = True,
+    stats: Mapping[str, Any] | None = None,
+    scores: Scores | None = None,
+) -> Plan:
+    """Keep the same fraction `keep` of units in every prunable group."""
+    _check_fraction(keep, "keep")
+    groups = select_groups(graph, shortcuts)
+    scores = scores or score_groups(model, groups, criterion, stats)
+    counts = {g.index: round_keep(keep * g.size, g.size, round_to) for g in groups}
+    return plan_from_counts(graph, scores, counts)
+
+
+def per_group(
+    model: nn.Module,
+    graph: ChannelGraph,
+    keeps: Mapping[int | str, float],
+    criterion: str = "l1",
+    round_to: int = 1,
+    stats: Mapping[str, Any] | None = None,
+    scores: Scores | None = None,
+) -> Plan:
+    """Keep an explicit fraction per group, named by group index or group name."""
+    by_name = {g.name: g for g in graph.groups}
+    counts: dict[int, int] = {}
+    for key, frac in keeps.items():
+        _check_fraction(frac, f"keep[{key!r}]")
+        g = graph.groups[key] if isinstance(key, int) else by_name.get(key)
+        if g is None:
+            raise ConfigError(f"no group named {key!r}; groups: {sorted(by_name)[:20]} ...")
+        counts[g.index] = round_keep(frac * g.size, g.size, round_to)
+    groups = [graph.groups[i] for i in counts]
+    scores = scores or score_groups(model, groups, criterion, stats)
+    return plan_from_counts(graph, scores, counts)
+
+
+def global_rank(
+    model: nn.Module,
+    graph: ChannelGraph,
+    keep: float,
+    criterion: str = "bn_scale",
+    round_to: int = 1,
+    shortcuts: bool = True,
+    normalize: Literal["none", "max", "mean"] = "none",
+    stats: Mapping[str, Any] | None = None,
+    scores: Scores | None = None,
+) -> Plan:
+    """Keep the top `keep` fraction of units pooled over all groups.
+
+    Scores are comparable across layers for bn_scale (network slimming);
+    for weight norms, `normalize="max"` divides each group's scores by its
+    maximum first. Each group keeps at least one unit (or `round_to`).
+    """
+    _check_fraction(keep, "keep")
+    groups = select_groups(graph, shortcuts)
+    scores = scores or score_groups(model, groups, criterion, stats)
+    counts = _global_counts(groups, _normalized(scores, normalize), keep, round_to)
+    return plan_from_counts(graph, scores, counts)
+
+
+def for_cost(
+    model: nn.Module,
+    graph: ChannelGraph,
+    target: float,
+    metric: Literal["flops", "params"] = "flops",
+    criterion: str = "l1",
+    strategy: Literal["uniform", "global"] = "uniform",
+    round_to: int = 1,
+    tolerance: float = 0.01,
+    shortcuts: bool = True,
+    normalize: Literal["none", "max", "mean"] = "none",
+    stats: Mapping[str, Any] | None = None,
+    scores: Scores | None = None,
+) -> Plan:
+    """The plan whose cost is `target` x the baseline's, within `tolerance` (relative).
+
+    `target=0.5, metric="flops"` halves the FLOPs (MACs). The uniform strategy
+    finds one kept fraction for all groups, the global one a score threshold;
+    both then adjust single groups by one step (one unit or `round_to`) to land
+    inside the tolerance. A target below what one kept unit per group costs,
+    or outside (0, 1], raises InfeasibleBudgetError.
+    """
+    if not 0 < target <= 1:
+        raise InfeasibleBudgetError(f"target {metric} fraction must be in (0, 1], got {target}")
+    groups = select_groups(graph, shortcuts)
+    if not groups:
+        raise InfeasibleBudgetError("the model has no prunable channel groups")
+    scores = scores or score_groups(model, groups, criterion, stats)
+    base = base_cost(graph)[metric]
+    goal = target * base
+    step = {g.index: max(1, round_to) if g.size >= round_to else 1 for g in groups}
+
+    def counts_at(frac: float) -> dict[int, int]:
+        if strategy == "uniform":
+            return {g.index: round_keep(frac * g.size, g.size, round_to) for g in groups}
+        if strategy == "global":
+            return _global_counts(groups, _normalized(scores, normalize), frac, round_to)
+        raise ConfigError(f"unknown strategy {strategy!r}; use 'uniform' or 'global'")
+
+    def cost(counts: Mapping[int, int]) -> int:
+        return _cost_of_counts(graph, scores, counts)[metric]
+
+    smallest = counts_at(0.0)
+    if cost(smallest) > goal * (1 + tolerance):
+        raise InfeasibleBudgetError(
+            f"cannot reach {target:.1%} of baseline {metric}: keeping the minimum in every "
+            f"prunable group still costs {cost(smallest) / base:.1%}"
+            + ("" if shortcuts else " (shortcut groups are excluded)")
+        )
+    lo, hi = 0.0, 1.0  # cost(counts_at(lo)) <= goal < cost(counts_at(hi)), unless hi fits
+    if cost(counts_at(hi)) <= goal:
+        return plan_from_counts(graph, scores, counts_at(hi))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost(counts_at(mid)) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    counts = _refine(counts_at(lo), step, {g.index: g.size for g in groups}, cost, goal, tolerance)
+    achieved = cost(counts)
+    if abs(achieved - goal) > tolerance * goal:
+        raise InfeasibleBudgetError(
+            f"no plan found within {tolerance:.1%} of {target:.1%} {metric}: closest is "
+            f"{achieved / base:.2%} (try a smaller round_to or a larger tolerance)"
+        )
+    return plan_from_counts(graph, scores, counts)
+
+
+def _refine(
+    counts: dict[int, int],
+    step: Mapping[int, int],
+    sizes: Mapping[int, int],
+    cost: Any,
+    goal: float,
+    tolerance: float,
+) -> dict[int, int]:
+    """Greedily grow single groups by one step while the cost stays under the ceiling."""
+    counts = dict(counts)
+    current = cost(counts)
+    ceiling = goal * (1 + tolerance)
+    while abs(current - goal) > tolerance * goal:
+        best: tuple[int, int] | None = None
+        for g, n in counts.items():
+            if n >= sizes[g]:
+                continue
+            trial = dict(counts)
+            trial[g] = min(sizes[g], n + step[g])
+            c = cost(trial)
+            if c <= ceiling and (best is None or c > best[1]):
+                best = (g, c)
+        if best is None or best[1] <= current:
+            break
+        counts[best[0]] = min(sizes[best[0]], counts[best[0]] + step[best[0]])
+        current = best[1]
+    return counts
+
+
+def _cost_of_counts(graph: ChannelGraph, scores: Scores, counts: Mapping[int, int]) -> PlanCost:
+    masks = {}
+    for g, n in counts.items():
+        mask = torch.zeros(len(scores[g]), dtype=torch.bool)
+        mask[_keep_top(scores[g], n)] = True
+        masks[g] = mask
+    return cost_of_masks(graph, masks)
+
+
+def _normalized(scores: Scores, how: str) -> Scores:
+    if how == "none":
+        return scores
+    if how == "max":
+        return {g: s / s.max().clamp_min(1e-12) for g, s in scores.items()}
+    if how == "mean":
+        return {g: s / s.mean().clamp_min(1e-12) for g, s in scores.items()}
+    raise ConfigError(f"unknown normalization {how!r}; use 'none', 'max' or 'mean'")
+
+
+def _global_counts(
+    groups: list[Group], scores: Scores, keep: float, round_to: int
+) -> dict[int, int]:
+    pooled = torch.cat([scores[g.index] for g in groups])
+    n_keep = round(keep * len(pooled))
+    if n_keep >= len(pooled):
+        return {g.index: g.size for g in groups}
+    threshold = torch.sort(pooled, descending=True).values[n_keep] if n_keep > 0 else float("inf")
+    return {
+        g.index: round_keep(int((scores[g.index] > threshold).sum()), g.size, round_to)
+        for g in groups
+    }
+
+
+def _check_fraction(x: float, name: str) -> None:
+    if not 0 < x <= 1:
+        raise ConfigError(f"{name} must be a fraction in (0, 1], got {x}")
