@@ -37,7 +37,9 @@ class Residual(nn.Module):
         self.a = ConvBN(c, c)
         self.b = nn.Sequential(nn.Conv2d(c, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
         self.short = (
-            nn.Identity() if cout == c else nn.Sequential(nn.Conv2d(c, cout, 1), nn.BatchNorm2d(cout))
+            nn.Identity()
+            if cout == c
+            else nn.Sequential(nn.Conv2d(c, cout, 1), nn.BatchNorm2d(cout))
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +65,9 @@ class InvertedResidual(nn.Module):
         hidden = c * expand
         self.expand = ConvBN(c, hidden, k=1)
         self.dw = ConvBN(hidden, hidden * multiplier, groups=hidden)
-        self.project = nn.Sequential(nn.Conv2d(hidden * multiplier, c, 1, bias=False),
-                                     nn.BatchNorm2d(c))
+        self.project = nn.Sequential(
+            nn.Conv2d(hidden * multiplier, c, 1, bias=False), nn.BatchNorm2d(c)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.project(self.dw(self.expand(x)))

@@ -24,6 +24,7 @@ from tests._nets import (
     randomize_bn,
 )
 
+# fmt: off
 TORCHVISION = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "wide_resnet50_2",
     "vgg16_bn", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "densenet121",
@@ -33,6 +34,7 @@ ZOO = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet164", "cifar_vgg16",
     "cifar_vgg19", "densenet40", "cifar_mobilenet_v2", "wrn28_10",
 ]
+# fmt: on
 
 
 def _check_contract(model: nn.Module, x: torch.Tensor, keeps: tuple[float, ...]) -> None:
@@ -52,7 +54,9 @@ def _check_contract(model: nn.Module, x: torch.Tensor, keeps: tuple[float, ...])
 def test_torchvision_masked_equals_pruned(name: str) -> None:
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, num_classes=10)
-    keeps = (0.3, 0.7) if name in ("resnet101", "wide_resnet50_2", "densenet121") else (0.2, 0.5, 0.8)
+    keeps = (
+        (0.3, 0.7) if name in ("resnet101", "wide_resnet50_2", "densenet121") else (0.2, 0.5, 0.8)
+    )
     _check_contract(model, torch.randn(2, 3, 64, 64), keeps)
 
 
@@ -203,8 +207,9 @@ def test_channel_mixing_ops_fix_their_groups_instead_of_failing() -> None:
 
 def test_masked_weights_never_move_during_training() -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(ConvBN(3, 8), Residual(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 3))
+    model = nn.Sequential(
+        ConvBN(3, 8), Residual(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
     graph = trace(model, torch.randn(2, 3, 8, 8))
     mask = ChannelMask(model, graph)
     plan = random_plan(graph, 0.5, seed=3)
@@ -214,7 +219,9 @@ def test_masked_weights_never_move_during_training() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for _ in range(5):
-        loss = nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0]))
+        loss = nn.functional.cross_entropy(
+            model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 0])
+        )
         opt.zero_grad()
         loss.backward()
         mask.mask_grads()

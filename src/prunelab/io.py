@@ -54,7 +54,8 @@ def save(
 
 
 def load(
-    path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
     trust_pickle: bool = False,
 ) -> nn.Module:
     """Load a model written by `save`, in eval mode, with its `prunelab_meta` attached."""
@@ -78,8 +79,9 @@ def load(
                 f"{path} holds a pickled model of a class prunelab cannot rebuild; "
                 "pass trust_pickle=True if you trust the file"
             )
-        model = torch.load(io.BytesIO(payload["module"]), map_location=map_location,
-                           weights_only=False)
+        model = torch.load(
+            io.BytesIO(payload["module"]), map_location=map_location, weights_only=False
+        )
     else:
         raise CorruptFileError(f"{path}: unknown model kind {payload['kind']!r}")
     meta = payload.get("meta", {})

@@ -22,8 +22,9 @@ from prunelab.graph.plan import Plan
 class ChannelMask:
     """Per-group boolean masks over units, applied to a model's tensors."""
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph,
-                 groups: Iterable[int] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, graph: ChannelGraph, groups: Iterable[int] | None = None
+    ) -> None:
         self.model = model
         self.graph = graph
         chosen = [g.index for g in graph.prunable] if groups is None else list(groups)

@@ -40,6 +40,7 @@ from prunelab.graph.unionfind import UnionFind
 # ---------------------------------------------------------------------------
 # Op tables. Each op falls in one class; anything else is unsupported.
 # ---------------------------------------------------------------------------
+# fmt: off
 
 _PASS_MODULES: tuple[type, ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
@@ -87,6 +88,7 @@ _SPLIT_FUNCTIONS: set = {torch.split, torch.chunk, torch.tensor_split, torch.unb
 _SPLIT_METHODS: set[str] = {"split", "chunk", "tensor_split", "unbind"}
 
 _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
+# fmt: on
 
 try:  # torchvision's stochastic depth is a pass-through on a channel's values
     from torchvision.ops import stochastic_depth as _tv_stochastic_depth
@@ -204,7 +206,12 @@ class _ChannelAnalysis:
             self.pinned.setdefault(i, why)
 
     def record(
-        self, module: str, param: str, dim: int, ids: np.ndarray, role: Role,
+        self,
+        module: str,
+        param: str,
+        dim: int,
+        ids: np.ndarray,
+        role: Role,
         positions: np.ndarray | None = None,
     ) -> None:
         if positions is None:
@@ -583,8 +590,11 @@ class _ChannelAnalysis:
             shape_args = shape_args[0]
         a, c = x.axis, len(x.ids)
         literal = len(shape_args) > a and isinstance(shape_args[a], int) and shape_args[a] != -1
-        if len(out) > a and tuple(out[:a]) == x.shape[:a] and out[a] == c and (
-            math.prod(out[a + 1 :]) == math.prod(x.shape[a + 1 :])
+        if (
+            len(out) > a
+            and tuple(out[:a]) == x.shape[:a]
+            and out[a] == c
+            and (math.prod(out[a + 1 :]) == math.prod(x.shape[a + 1 :]))
         ):
             if literal:
                 self.opaque(node, "view with a hard-coded channel count")
@@ -754,8 +764,12 @@ class _ChannelAnalysis:
                 units = np.fromiter((unit_index[int(u)] for u in unit_root[r.ids[sel]]), np.int64)
                 members[group_index[g]].append(
                     Member(
-                        r.module, r.param, r.dim,
-                        torch.from_numpy(r.positions[sel].copy()), torch.from_numpy(units), r.role,
+                        r.module,
+                        r.param,
+                        r.dim,
+                        torch.from_numpy(r.positions[sel].copy()),
+                        torch.from_numpy(units),
+                        r.role,
                     )
                 )
 
@@ -776,8 +790,13 @@ class _ChannelAnalysis:
             why = pinned_why.get(gi, "" if has_producer else "no layer produces these channels")
             groups.append(
                 Group(
-                    index=gi, size=n_units, members=mem, prunable=not why and bool(mem),
-                    reason=why, sources=sources[gi], unit_width=max(widths[gi], default=1),
+                    index=gi,
+                    size=n_units,
+                    members=mem,
+                    prunable=not why and bool(mem),
+                    reason=why,
+                    sources=sources[gi],
+                    unit_width=max(widths[gi], default=1),
                 )
             )
         # Only groups with members matter; renumber them densely.
