@@ -1,0 +1,45 @@
+"""The training loop: `Trainer(model, data, TrainConfig(...), callbacks=[...]).fit()`.
+
+Modules: config (TrainConfig, presets), optim (parameter groups, per-step lr
+schedule), callbacks (the hooks methods implement), checkpoint (atomic save,
+safe load, random states), distributed (torchrun/DDP helpers), progress
+(stderr lines and metrics.jsonl), loop (Trainer).
+"""
+
+from prunelab.train.callbacks import Callback
+from prunelab.train.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from prunelab.train.config import PRESETS, TrainConfig
+from prunelab.train.distributed import DistContext, init_distributed
+from prunelab.train.loop import Trainer, resolve_amp, resolve_device
+from prunelab.train.optim import LRSchedule, build_optimizer, param_groups
+from prunelab.train.progress import METRICS_NAME, MetricsLog, Progress
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "METRICS_NAME",
+    "PRESETS",
+    "Callback",
+    "DistContext",
+    "LRSchedule",
+    "MetricsLog",
+    "Progress",
+    "TrainConfig",
+    "Trainer",
+    "build_optimizer",
+    "init_distributed",
+    "load_checkpoint",
+    "param_groups",
+    "resolve_amp",
+    "resolve_device",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+]
