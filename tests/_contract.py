@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from prunelab.graph import ChannelGraph, ChannelMask, Plan, prune
+from prunelab.graph.plan import add_survivors
 
 
 def random_plan(graph: ChannelGraph, keep: float, seed: int) -> Plan:
@@ -16,7 +17,7 @@ def random_plan(graph: ChannelGraph, keep: float, seed: int) -> Plan:
     chosen = {}
     for g in graph.prunable:
         n = max(1, round(keep * g.size))
-        chosen[g.index] = torch.randperm(g.size, generator=gen)[:n]
+        chosen[g.index] = add_survivors(graph, g, torch.randperm(g.size, generator=gen)[:n])
     return Plan(graph, chosen)
 
 

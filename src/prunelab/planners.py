@@ -25,7 +25,7 @@ from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph.cost import PlanCost, base_cost, cost_of_masks
 from prunelab.graph.groups import ChannelGraph, Group
-from prunelab.graph.plan import Plan, round_keep
+from prunelab.graph.plan import Plan, add_survivors, round_keep
 
 Scores = dict[int, torch.Tensor]
 
@@ -58,8 +58,12 @@ def _keep_top(scores: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def plan_from_counts(graph: ChannelGraph, scores: Scores, counts: Mapping[int, int]) -> Plan:
-    """Keep the `counts[g]` best-scoring units of each group."""
-    return Plan(graph, {g: _keep_top(scores[g], n) for g, n in counts.items()})
+    """Keep the `counts[g]` best-scoring units of each group (and one of any emptied layer)."""
+    return Plan(graph, {g: _kept_units(graph, scores, g, n) for g, n in counts.items()})
+
+
+def _kept_units(graph: ChannelGraph, scores: Scores, g: int, n: int) -> torch.Tensor:
+    return add_survivors(graph, graph.groups[g], _keep_top(scores[g], n), scores[g])
 
 
 def uniform(
@@ -228,7 +232,7 @@ def _cost_of_counts(graph: ChannelGraph, scores: Scores, counts: Mapping[int, in
     masks = {}
     for g, n in counts.items():
         mask = torch.zeros(len(scores[g]), dtype=torch.bool)
-        mask[_keep_top(scores[g], n)] = True
+        mask[_kept_units(graph, scores, g, n)] = True
         masks[g] = mask
     return cost_of_masks(graph, masks)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.graph.groups import ChannelGraph
+from prunelab.graph.groups import ChannelGraph, Group, Member
 
 ParamKey = tuple[str, str]  # (module path, parameter or buffer name)
 
@@ -55,6 +55,25 @@ class Plan:
                 raise PrunelabError(f"plan keeps units outside group {gi} ({g.name})")
             if len(idx) < g.size and not g.prunable:
                 raise PrunelabError(f"group {gi} ({g.name}) may not be pruned: {g.reason}")
+            emptied = _emptied_layers(self.graph, g, self.keep_mask(gi))
+            if emptied:
+                raise PrunelabError(
+                    f"plan removes every channel of layer {emptied[0]} (group {gi}, {g.name}); "
+                    "use plan.with_survivors() or keep one of its channels"
+                )
+
+    def with_survivors(self, scores: Mapping[int, torch.Tensor] | None = None) -> Plan:
+        """This plan, plus the best unit of any layer it would empty completely.
+
+        A group can span layers of different widths (a DenseNet layer's few
+        channels concatenated into a residual stage); keeping the group's best
+        units may leave one of those layers with nothing. `scores` picks which
+        unit comes back (the lowest index without them).
+        """
+        keep = dict(self.keep)
+        for gi, idx in self.keep.items():
+            keep[gi] = add_survivors(self.graph, self.graph.groups[gi], idx, (scores or {}).get(gi))
+        return Plan(self.graph, keep)
 
     def kept(self, group: int) -> int:
         k = self.keep.get(group)
@@ -91,6 +110,38 @@ class Plan:
     def ratios(self) -> dict[str, float]:
         """Kept fraction of each prunable group, by group name."""
         return {g.name: self.kept(g.index) / g.size for g in self.graph.prunable}
+
+
+def _whole_layers(graph: ChannelGraph, group: Group) -> list[Member]:
+    """Weight members that span a layer's whole input or output dimension."""
+    return [
+        m
+        for m in group.members
+        if m.param == "weight"
+        and m.role in ("out", "in")
+        and len(m.positions) == graph.param_shapes[(m.module, m.param)][m.dim]
+    ]
+
+
+def _emptied_layers(graph: ChannelGraph, group: Group, keep: torch.Tensor) -> list[str]:
+    """Layers that would lose every input or every output channel."""
+    return [m.module for m in _whole_layers(graph, group) if not keep[m.units].any()]
+
+
+def add_survivors(
+    graph: ChannelGraph, group: Group, idx: torch.Tensor, scores: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`idx` plus, for each layer it would leave without channels, that layer's best unit."""
+    idx = _as_index(idx)
+    keep = torch.zeros(group.size, dtype=torch.bool)
+    keep[idx] = True
+    for m in _whole_layers(graph, group):
+        if keep[m.units].any():
+            continue
+        candidates = torch.unique(m.units)
+        best = candidates[0] if scores is None else candidates[torch.argmax(scores[candidates])]
+        keep[best] = True
+    return torch.nonzero(keep).flatten()
 
 
 def _as_index(k: torch.Tensor | list[int]) -> torch.Tensor:
