@@ -1,0 +1,79 @@
+"""A pruned model saves to one file and loads from it alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from prunelab import models, planners
+from prunelab.errors import CorruptFileError
+from prunelab.graph import prune, trace
+from prunelab.io import load, read_meta, save
+from tests._nets import ConvBN
+
+
+def _pruned(name: str = "resnet20") -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = models.create(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plan = planners.uniform(model, trace(model, x), 0.4, criterion="l1")
+    return prune(model, plan).eval(), x
+
+
+@pytest.mark.parametrize("name", ["resnet20", "densenet40", "cifar_mobilenet_v2"])
+def test_round_trip_gives_identical_outputs(tmp_path: Path, name: str) -> None:
+    pruned, x = _pruned(name)
+    path = tmp_path / "m.pt"
+    save(pruned, path, meta={"method": "test", "top1": 0.5})
+    loaded = load(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), pruned(x))
+    assert read_meta(path)["method"] == "test"
+    assert loaded.prunelab_input_size == (3, 32, 32)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(
+        p.numel() for p in pruned.parameters()
+    )
+
+
+def test_blocks_replaced_by_identity_survive(tmp_path: Path) -> None:
+    model, x = _pruned()
+    model.layer2.set_submodule("1", nn.Identity())
+    save(model, tmp_path / "m.pt")
+    loaded = load(tmp_path / "m.pt")
+    assert isinstance(loaded.layer2[1], nn.Identity)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_damaged_and_foreign_files_are_clear_errors(tmp_path: Path) -> None:
+    pruned, _ = _pruned()
+    good = tmp_path / "m.pt"
+    save(pruned, good)
+    truncated = tmp_path / "cut.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match=r"cut\.pt"):
+        load(truncated)
+    garbage = tmp_path / "noise.pt"
+    garbage.write_bytes(b"\x00not a model" * 10)
+    with pytest.raises(CorruptFileError, match=r"noise\.pt"):
+        load(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CorruptFileError, match="not a prunelab model"):
+        load(foreign)
+    with pytest.raises(CorruptFileError, match="no model file"):
+        load(tmp_path / "missing.pt")
+
+
+def test_models_outside_the_zoo_need_trust(tmp_path: Path) -> None:
+    model = nn.Sequential(ConvBN(3, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    save(model, tmp_path / "m.pt")
+    with pytest.raises(CorruptFileError, match="trust_pickle"):
+        load(tmp_path / "m.pt")
+    loaded = load(tmp_path / "m.pt", trust_pickle=True)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
