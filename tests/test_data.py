@@ -155,6 +155,15 @@ def test_truncated_cache_is_a_clear_error(archive: Path, tmp_path: Path):
     assert str(folder) in str(err.value)
 
 
+def test_unwritable_cache_still_returns_the_data(archive: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    arrays = load_image_archive(archive, sha256=None, cache_dir=blocker, workers=1)
+    assert arrays.train_x.shape[0] == 12
+    assert "could not cache" in capsys.readouterr().err
+
+
 def test_undecodable_image_is_named(tmp_path: Path):
     path = make_archive(tmp_path / "a.tar.gz", broken="train/bee/0002.jpg")
     with pytest.raises(CorruptFileError, match=re.escape("train/bee/0002.jpg")):
@@ -356,6 +365,9 @@ def test_holdout_is_disjoint_and_deterministic():
     assert seen == 150
     with pytest.raises(ConfigError, match="holdout"):
         build_data("synthetic", n_train=20, holdout=20)
+    # moving to a device keeps train and hold-out on one shared image tensor
+    data.to("cpu")
+    assert data.train.images is data.holdout.images
 
 
 def test_shards_of_two_ranks_make_the_full_batch(monkeypatch: pytest.MonkeyPatch):

@@ -239,7 +239,11 @@ def load_image_archive(
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     arrays = decode_archive(archive, workers=workers)
-    _write_cache(folder, arrays, digest, archive)
+    try:
+        _write_cache(folder, arrays, digest, archive)
+    except OSError as exc:  # read-only or full disk: still usable, just not cached
+        print(f"warning: could not cache decoded {archive.name} in {folder} ({exc}); "
+              f"set $PRUNELAB_CACHE to a writable folder", file=sys.stderr)
     if not quiet:
         print(f"decoded {archive.name}: {arrays.train_x.shape[0]} train + "
               f"{arrays.test_x.shape[0]} test images in {time.perf_counter() - t0:.1f} s, "

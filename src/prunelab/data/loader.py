@@ -151,10 +151,19 @@ class TensorLoader:
             yield x, self.labels.index_select(0, idx)
 
     # ------------------------------------------------------------ state, misc
-    def to(self, device: torch.device | str) -> TensorLoader:
-        """Keep the images on `device` so batches are cut and augmented there."""
-        self.images = self.images.to(device)
-        self.labels = self.labels.to(device)
+    def to(self, device: torch.device | str, memo: dict[int, torch.Tensor] | None = None
+           ) -> TensorLoader:
+        """Keep the images on `device` so batches are cut and augmented there.
+
+        Loaders that share storage (train and hold-out) keep sharing it when the
+        same `memo` dict is passed to each (DataBundle.to does that).
+        """
+        memo = {} if memo is None else memo
+        for name in ("images", "labels"):
+            t = getattr(self, name)
+            if id(t) not in memo:
+                memo[id(t)] = t.to(device)
+            setattr(self, name, memo[id(t)])
         return self
 
     def set_epoch(self, epoch: int) -> None:

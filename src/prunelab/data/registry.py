@@ -108,8 +108,12 @@ class DataBundle:
 
     def to(self, device: torch.device | str) -> DataBundle:
         """Move in-memory images to `device` (augmentation then runs there)."""
+        memo: dict[int, torch.Tensor] = {}  # train and hold-out share one image tensor
         for loader in self.loaders():
-            loader.to(device)
+            if isinstance(loader, TensorLoader):
+                loader.to(device, memo)
+            else:
+                loader.to(device)
         return self
 
     def __repr__(self) -> str:

@@ -203,9 +203,12 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_start(self)
         resumed = False
-        if cfg.resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
-            resumed = True
+        if cfg.resume and self.checkpoint_path is not None:
+            if self.checkpoint_path.exists():
+                self.load_checkpoint(self.checkpoint_path)
+                resumed = True
+            else:
+                self.progress.print(f"no checkpoint at {self.checkpoint_path}: starting fresh")
         if self.is_main and self.run_dir is not None:
             self.metrics_log = MetricsLog(self.run_dir / METRICS_NAME, fresh=not resumed)
             self.metrics_log.write({"kind": "start", "resumed": resumed, "epoch": self.epoch,
