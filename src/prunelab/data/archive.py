@@ -10,6 +10,7 @@ last, so an interrupted decode leaves no cache that looks complete.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ import os
 import sys
 import tarfile
 import time
-from collections.abc import Iterator
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def sha256_file(path: Path) -> str:
 
 
 def _decode_chunk(blobs: list[bytes]) -> tuple[np.ndarray | None, int, str]:
-    """Decode JPEG bytes to one (n, H, W, 3) uint8 array (runs in a worker process).
+    """Decode image bytes to one (n, 3, H, W) uint8 array (runs in a worker process).
 
     Returns (array, -1, "") or (None, index of the bad image, reason).
     """
@@ -56,74 +57,92 @@ def _decode_chunk(blobs: list[bytes]) -> tuple[np.ndarray | None, int, str]:
     for i, blob in enumerate(blobs):
         try:
             with Image.open(io.BytesIO(blob)) as im:
-                arr = np.asarray(im.convert("RGB"))
+                arr = np.asarray(im.convert("RGB")).transpose(2, 0, 1)
         except Exception as exc:  # PIL raises many kinds for broken data
             return None, i, f"{type(exc).__name__}: {exc}"
         if out is None:
             out = np.empty((len(blobs), *arr.shape), dtype=np.uint8)
         if arr.shape != out.shape[1:]:
-            return None, i, f"size {arr.shape[1]}x{arr.shape[0]} differs from {out.shape[2]}x" \
-                            f"{out.shape[1]}"
+            return None, i, (f"size {arr.shape[2]}x{arr.shape[1]} differs from "
+                             f"{out.shape[3]}x{out.shape[2]}")
         out[i] = arr
     return out, -1, ""
 
 
-def _iter_members(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """Image files of the archive in archive order as (split, class, member name, bytes)."""
-    try:
-        with tarfile.open(archive, "r:gz") as tf:
-            for member in tf:
-                if not member.isfile():
-                    continue
-                name = member.name
-                parts = [p for p in name.split("/") if p not in ("", ".")]
-                if len(parts) < 3 or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
-                    continue
-                split = _SPLITS.get(parts[-3].lower())
-                fobj = tf.extractfile(member) if split is not None else None
-                if split is None or fobj is None:
-                    continue
-                yield split, parts[-2], name, fobj.read()
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:  # zlib errors are OSError
-        raise CorruptFileError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
+# Set in the parent just before forking decode workers, which inherit the archive
+# bytes for free; tasks then carry only (offset, size) pairs.
+_SHARED: bytes | None = None
+
+
+def _decode_spans(spans: list[tuple[int, int]]) -> tuple[np.ndarray | None, int, str]:
+    raw = _SHARED
+    assert raw is not None
+    return _decode_chunk([raw[o:o + n] for o, n in spans])
 
 
 def _read_and_decode(archive: Path, workers: int) -> tuple[list[tuple[str, str, str]], np.ndarray]:
-    """Stream the archive and decode it in chunks while reading continues.
+    """Images of the archive as (keys in archive order, (N, 3, H, W) uint8 in that order).
 
-    Returns the (split, class, name) of every image in archive order and the
-    (N, H, W, 3) images in the same order.
+    The archive is decompressed into memory (this is the path for small,
+    CIFAR-sized archives; large sets go through `imagefolder`), then indexed
+    by the main process while `workers` forked processes already decode the
+    chunks found so far.
     """
+    global _SHARED
     keys: list[tuple[str, str, str]] = []
+    spans: list[tuple[int, int]] = []
     results: list[Any] = []
     pool: ProcessPoolExecutor | None = None
-    if workers > 1:
-        # fork: workers only run PIL/numpy, and spawning would re-import torch
-        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        pool = ProcessPoolExecutor(workers, mp_context=mp.get_context(method))
+
+    def submit(chunk: list[tuple[int, int]]) -> None:
+        if pool is not None:
+            results.append(pool.submit(_decode_spans, chunk))
+        else:
+            results.append(_decode_chunk([raw[o:o + n] for o, n in chunk]))
+
     try:
-        chunk: list[bytes] = []
-        for split, cls, name, blob in _iter_members(archive):
-            keys.append((split, cls, name))
-            chunk.append(blob)
-            if len(chunk) == _CHUNK:
-                results.append(pool.submit(_decode_chunk, chunk) if pool else _decode_chunk(chunk))
-                chunk = []
-        if chunk:
-            results.append(pool.submit(_decode_chunk, chunk) if pool else _decode_chunk(chunk))
-        results = [r.result() if pool else r for r in results]
+        raw = archive.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        if workers > 1 and "fork" in mp.get_all_start_methods():
+            # fork, not spawn: workers only run PIL/numpy and spawning would re-import torch
+            _SHARED = raw
+            pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tf:
+            for member in tf:
+                if not member.isfile():
+                    continue
+                parts = [p for p in member.name.split("/") if p not in ("", ".")]
+                if len(parts) < 3 or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+                    continue
+                split = _SPLITS.get(parts[-3].lower())
+                if split is None:
+                    continue
+                if member.offset_data + member.size > len(raw):
+                    raise EOFError(f"{member.name} ends beyond the end of the archive")
+                keys.append((split, parts[-2], member.name))
+                spans.append((member.offset_data, member.size))
+                if len(spans) % _CHUNK == 0:
+                    submit(spans[-_CHUNK:])
+        if len(spans) % _CHUNK:
+            submit(spans[-(len(spans) % _CHUNK):])
+        results = [r.result() if pool is not None else r for r in results]
+    except (tarfile.TarError, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise CorruptFileError(f"{archive} is not a readable tar.gz archive: {exc}") from exc
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+        _SHARED = None
+    starts = range(0, len(spans), _CHUNK)
     arrays = []
-    for ci, (arr, bad, why) in enumerate(results):
+    for a, (arr, bad, why) in zip(starts, results, strict=True):
         if arr is None:
-            raise CorruptFileError(f"{archive}: cannot decode {keys[ci * _CHUNK + bad][2]}: {why}")
+            raise CorruptFileError(f"{archive}: cannot decode {keys[a + bad][2]}: {why}")
         arrays.append(arr)
-    shapes = {a.shape[1:] for a in arrays}
+    shapes = {x.shape[1:] for x in arrays}
     if len(shapes) > 1:
         raise CorruptFileError(f"{archive}: images of different sizes {sorted(shapes)}")
-    return keys, (np.concatenate(arrays) if arrays else np.empty((0, 1, 1, 3), np.uint8))
+    return keys, (np.concatenate(arrays) if arrays else np.empty((0, 3, 1, 1), np.uint8))
 
 
 def decode_archive(archive: Path, workers: int = 2) -> ImageArrays:
@@ -148,7 +167,7 @@ def decode_archive(archive: Path, workers: int = 2) -> ImageArrays:
     index = {c: i for i, c in enumerate(classes)}
 
     def take(idx: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        x = np.ascontiguousarray(images[idx].transpose(0, 3, 1, 2))  # N, C, H, W
+        x = images[idx]  # rows are contiguous (C, H, W) images: a cheap gather
         y = np.array([index[keys[i][1]] for i in idx], dtype=np.int64)
         return x, y
 
