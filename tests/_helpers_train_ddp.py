@@ -42,6 +42,14 @@ class GradsAgree(Callback):
         assert all(torch.equal(gathered[0], g) for g in gathered), "gradients differ"
 
 
+class Rebuild(Callback):
+    """Rebuilds optimizer and DDP wrapper mid-run: must not change the trajectory."""
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == 1:
+            trainer.rebuild_optimizer()
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     epochs = int(sys.argv[2])
@@ -51,7 +59,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = tiny_cnn(bn=False)
     trainer = Trainer(model, ddp_data(), ddp_config(epochs, str(out / "run"), resume),
-                      callbacks=[GradsAgree()])
+                      callbacks=[GradsAgree(), Rebuild()])
     assert trainer.train_model is not trainer.model  # wrapped in DDP
     final = trainer.fit()
     torch.save({"model": model.state_dict(), "final": final, "history": trainer.history,

@@ -262,6 +262,25 @@ def test_imagefolder_streams_with_crops_and_holdout(tmp_path: Path):
         build_data("imagefolder", root=tmp_path / "only", workers=0)
 
 
+def test_imagefolder_shards_under_distributed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from torch.utils.data import DistributedSampler
+
+    import prunelab.data.folder as folder_mod
+
+    _write_folder(tmp_path)  # 15 train, 15 val images
+    data = build_data("imagefolder", root=tmp_path, image_size=8, batch_size=2, workers=0,
+                      drop_last=False)
+    seen = {}
+    for rank in range(2):
+        monkeypatch.setattr(folder_mod, "dist_rank_world", lambda r=rank: (r, 2))
+        assert isinstance(data.train._sampler(0), DistributedSampler)
+        assert len(data.train) == 4  # 8 of the 15 (padded) images per rank, batch 2
+        seen[rank] = torch.cat([y for _, y in data.test])
+    # evaluation shards are not padded: every image counted exactly once
+    assert len(seen[0]) + len(seen[1]) == 15
+    assert (len(seen[0]), len(seen[1])) == (8, 7)
+
+
 # --------------------------------------------------------- augmentation
 
 

@@ -14,7 +14,7 @@ import torch
 from prunelab.train import CHECKPOINT_NAME, METRICS_NAME, Trainer, load_checkpoint
 from prunelab.train import distributed as D
 from tests._helpers_train import tiny_cnn
-from tests._helpers_train_ddp import PER_RANK_BATCH, ddp_config, ddp_data
+from tests._helpers_train_ddp import PER_RANK_BATCH, Rebuild, ddp_config, ddp_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _single_process(epochs: int) -> tuple[dict[str, torch.Tensor], dict, list]:
         model = tiny_cnn(bn=False)
         data = ddp_data()
         data.train.batch_size = 2 * PER_RANK_BATCH
-        tr = Trainer(model, data, ddp_config(epochs, None))
+        tr = Trainer(model, data, ddp_config(epochs, None), callbacks=[Rebuild()])
         final = tr.fit()
     finally:
         torch.set_num_threads(threads)

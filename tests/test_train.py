@@ -26,6 +26,8 @@ from prunelab.train import (
     Trainer,
     load_checkpoint,
     param_groups,
+    resolve_amp,
+    resolve_device,
     save_checkpoint,
 )
 from tests._helpers_train import state_equal, tiny_cnn, tiny_data
@@ -137,6 +139,11 @@ def test_config_validation_presets_and_lr_scaling():
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(0.064)
     with pytest.raises(ConfigError, match="amp"):
         Trainer(tiny_cnn(), tiny_data(), quiet_config(amp="fp16", device="cpu"))
+    assert resolve_amp("auto", torch.device("cpu")) is None
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            resolve_device("cuda")
 
 
 # ------------------------------------------------------------------ learning
