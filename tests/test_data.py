@@ -24,6 +24,7 @@ from prunelab.data import (
     draw_crop_flip,
     load_image_archive,
     make_synthetic,
+    normalize,
     sha256_file,
     shard_positions,
     split_holdout,
@@ -316,6 +317,9 @@ def test_flip_really_flips_and_no_aug_is_identity():
     assert 400 < int(fl.sum()) < 600
     _, _, none = draw_crop_flip(10, 4, False, g)
     assert not none.any()
+    z = normalize(torch.full((1, 3, 2, 2), 128, dtype=torch.uint8), (0.5, 0.25, 0.0), (0.25,) * 3)
+    assert z.dtype == torch.float32
+    assert torch.allclose(z[0, :, 0, 0], (128 - torch.tensor([127.5, 63.75, 0.0])) / 63.75)
 
 
 def test_loader_is_deterministic_by_seed_and_resumable():

@@ -15,7 +15,7 @@ from prunelab.data.archive import (
     sha256_file,
 )
 from prunelab.data.arrays import ImageArrays, cache_root, data_root
-from prunelab.data.augment import crop_flip, draw_crop_flip, normalize, resize
+from prunelab.data.augment import crop_flip, draw_crop_flip, norm_constants, normalize, resize
 from prunelab.data.cifar import load_cifar_pickled
 from prunelab.data.folder import FolderLoader, ShardSampler, imagenet_transforms
 from prunelab.data.loader import TensorLoader, shard_positions
@@ -62,6 +62,7 @@ __all__ = [
     "load_cifar_pickled",
     "load_image_archive",
     "make_synthetic",
+    "norm_constants",
     "normalize",
     "register_data",
     "resize",

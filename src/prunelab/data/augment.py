@@ -58,16 +58,28 @@ def crop_flip(
 
 
 def normalize(
-    x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
 ) -> torch.Tensor:
     """uint8 (B, C, H, W) in [0, 255] -> float32 standardised per channel.
 
-    Mean and std are given for images in [0, 1] (the usual published values).
+    Mean and std are given for images in [0, 1] (the usual published values),
+    as sequences or as tensors already on x's device (see `norm_constants`).
     """
-    c = x.shape[1]
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, c, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, c, 1, 1) * 255.0
-    return (x.float() - m) / s
+    if not isinstance(mean, torch.Tensor) or not isinstance(std, torch.Tensor):
+        mean, std = norm_constants(mean, std, x.device)
+    return (x.float() - mean) / std
+
+
+def norm_constants(
+    mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+    device: torch.device | str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, C, 1, 1) float tensors of mean*255 and std*255 on `device`, for `normalize`."""
+    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    return m.to(device), s.to(device)
 
 
 def resize(x: torch.Tensor, resolution: int | None) -> torch.Tensor:

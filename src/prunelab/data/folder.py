@@ -27,7 +27,7 @@ from torch.utils.data import (
     Subset,
 )
 
-from prunelab.data.augment import normalize, resize
+from prunelab.data.augment import norm_constants, normalize, resize
 from prunelab.data.loader import dist_rank_world
 from prunelab.errors import CorruptFileError, DataNotFoundError
 
@@ -181,9 +181,10 @@ class FolderLoader:
             prefetch_factor=4 if self.workers > 0 else None,
         )
         dev = self.target_device
+        norm = norm_constants(self.mean, self.std, dev)
         for x, y in loader:
             x = x.to(dev, non_blocking=True)
-            yield resize(normalize(x, self.mean, self.std), self.resolution), y.to(dev)
+            yield resize(normalize(x, *norm), self.resolution), y.to(dev, non_blocking=True)
 
     def to(self, device: torch.device | str) -> FolderLoader:
         """Normalise batches on `device` (uint8 crosses the bus, not float)."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from prunelab.data.augment import crop_flip, draw_crop_flip, normalize, resize
+from prunelab.data.augment import crop_flip, draw_crop_flip, norm_constants, normalize, resize
 from prunelab.errors import ConfigError, CorruptFileError
 
 
@@ -141,13 +141,14 @@ class TensorLoader:
         stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
         dev = self.images.device
         order_dev = order.to(dev)
+        norm = norm_constants(self.mean, self.std, dev)
         for start in range(0, stop, bs):
             idx = order_dev[start:start + bs]
             x = self.images.index_select(0, idx)
             if self.augment:
                 sl = slice(start, start + bs)
                 x = crop_flip(x, oy[sl], ox[sl], fl[sl], self.pad)
-            x = resize(normalize(x, self.mean, self.std), self.resolution)
+            x = resize(normalize(x, *norm), self.resolution)
             yield x, self.labels.index_select(0, idx)
 
     # ------------------------------------------------------------ state, misc
