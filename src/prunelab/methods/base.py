@@ -1,0 +1,110 @@
+"""What every pruning method receives and returns, and the method registry.
+
+A method is one class in one file. It gets a `PruneTask` (model, data, cost
+target, training recipe, run folder) and returns a `PruneResult` whose model
+is physically pruned. Training-time methods (CHEX, BWCP) implement their
+work as `prunelab.train.Callback`s on the shared `Trainer`; post-training
+methods (random, DWR) drive the `Trainer` themselves. The command line and
+the report only ever talk to this interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from prunelab.data import DataBundle
+from prunelab.errors import ConfigError, UnknownNameError
+from prunelab.train import TrainConfig
+
+
+@dataclass
+class PruneTask:
+    """Everything a method needs to produce a pruned model.
+
+    `model` is trained for post-training methods and freshly initialised (or
+    pretrained) for training-time ones. `target` is the cost to reach as a
+    fraction of the dense model's `metric` ("flops": MACs, or "params").
+    `train` is the recipe for the training the method does (fine-tuning, or
+    training from scratch); `run_dir` is where the method may write files.
+    """
+
+    model: nn.Module
+    data: DataBundle
+    target: float = 0.5
+    metric: str = "flops"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run_dir: Path | None = None
+    seed: int = 0
+    quiet: bool = False
+
+    @property
+    def example_input(self) -> torch.Tensor:
+        """One input of the size the model sees, on the CPU."""
+        return torch.zeros(1, *self.data.effective_input_size)
+
+    def train_config(self, subdir: str | None = None, **changes: Any) -> TrainConfig:
+        """The task's recipe with changes, writing to `run_dir/subdir` (None: no files)."""
+        run_dir = str(self.run_dir / subdir) if self.run_dir is not None and subdir else None
+        return self.train.replace(run_dir=run_dir, quiet=self.quiet or self.train.quiet, **changes)
+
+
+@dataclass
+class PruneResult:
+    """A method's output: the pruned model, its training curves and method details."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: subclasses set `name`, `summary`, `Options` and implement `run`."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    # True when the method trains the network itself (from scratch or from a
+    # pretrained model); False when it starts from a trained model.
+    trains_from_scratch: ClassVar[bool] = False
+
+    @dataclass
+    class Options:
+        pass
+
+    def __init__(self, **options: Any) -> None:
+        fields = {f.name for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(options) - fields)
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no option(s) {unknown}; options: {sorted(fields)}"
+            )
+        self.options = self.Options(**options)
+
+    def run(self, task: PruneTask) -> PruneResult:
+        raise NotImplementedError
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a name")
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise UnknownNameError("method", name, list(_METHODS)) from None
+
+
+def list_methods() -> dict[str, type[Method]]:
+    return dict(sorted(_METHODS.items()))

@@ -1,0 +1,51 @@
+"""The classic baseline: one kept fraction in every layer, ranked by a criterion, then fine-tune.
+
+The fraction is the one that meets the cost target (`planners.for_cost`);
+it is the yardstick that per-layer ratio search (random, CHEX, BWCP, DWR)
+has to beat at the same budget and fine-tuning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prunelab import planners
+from prunelab.criteria import DATA_DRIVEN, collect_taylor
+from prunelab.graph import prune, trace
+from prunelab.graph.cost import base_cost, plan_cost
+from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
+from prunelab.methods.finetune import batches, fit
+
+
+@register_method
+class UniformPruning(Method):
+    name = "uniform"
+    summary = "same kept fraction in every layer, criterion ranking, then fine-tune"
+
+    @dataclass
+    class Options:
+        criterion: str = "l1"
+        round_to: int = 8
+        shortcuts: bool = True
+        criterion_batches: int = 8
+
+    def run(self, task: PruneTask) -> PruneResult:
+        opts = self.options
+        model = task.model.cpu().eval()
+        x = task.example_input
+        graph = trace(model, x)
+        stats = None
+        if opts.criterion in DATA_DRIVEN:
+            stats = collect_taylor(model, batches(task, opts.criterion_batches))
+        plan = planners.for_cost(
+            model, graph, task.target, metric=task.metric, criterion=opts.criterion,
+            round_to=opts.round_to, shortcuts=opts.shortcuts, stats=stats,
+        )  # fmt: skip
+        pruned = prune(model, plan)
+        pruned, history, final = fit(task, pruned, "finetune")
+        achieved = plan_cost(plan)[task.metric] / base_cost(graph)[task.metric]
+        return PruneResult(
+            pruned,
+            history,
+            {"plan_ratios": plan.ratios(), "achieved": achieved, "finetune": final},
+        )
