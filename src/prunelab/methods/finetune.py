@@ -44,3 +44,48 @@ def batches(
         if i >= n:
             break
         yield batch[0].cpu(), batch[1].cpu()
+
+
+@torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], steps: int = 50
+) -> nn.Module:
+    """Re-estimate batch-norm running statistics on `steps` batches (cumulative average).
+
+    A freshly pruned network's BN statistics describe the dense network's
+    features; recomputing them is the cheapest repair, and what the random
+    search uses to score candidates. The model is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the batches seen
+    model.train()
+    device = next(model.parameters()).device
+    for i, (x, _) in enumerate(loader):
+        if i >= steps:
+            break
+        model(x.to(device))
+    for m, mom in zip(norms, saved, strict=True):
+        m.momentum = mom
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    max_batches: int | None = None,
+) -> float:
+    """Top-1 accuracy in percent of `model` (eval mode) over a loader."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = total = 0
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        pred = model(x.to(device)).argmax(dim=1)
+        correct += int((pred == y.to(device)).sum())
+        total += len(y)
+    return 100.0 * correct / max(total, 1)
