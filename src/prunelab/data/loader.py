@@ -141,6 +141,8 @@ class TensorLoader:
         stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
         dev = self.images.device
         order_dev = order.to(dev)
+        if self.augment:  # one host-to-device copy per epoch, not per batch
+            oy, ox, fl = oy.to(dev), ox.to(dev), fl.to(dev)
         norm = norm_constants(self.mean, self.std, dev)
         for start in range(0, stop, bs):
             idx = order_dev[start:start + bs]
