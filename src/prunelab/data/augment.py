@@ -1,9 +1,9 @@
 """Whole-batch augmentation on uint8 tensors.
 
 Per-image PIL work would dominate a CIFAR epoch on two cores, so the in-memory
-loaders augment a whole batch with a handful of tensor ops: the pad-and-crop
-and the horizontal flip are one gather with per-sample index arithmetic, then
-one float conversion that also normalises. Randomness is drawn separately
+loaders augment a whole batch with a handful of tensor ops: one padded tensor
+and a per-sample window index for the random crop, torch.where for the flip,
+then one float conversion that also normalises. Randomness is drawn separately
 (`draw_crop_flip`) so that it can come from the loader's own generator and be
 tested on its own.
 """
@@ -42,19 +42,17 @@ def crop_flip(
 
     `x` is (B, C, H, W) of any dtype; offsets are (B,) integers in [0, 2*pad],
     `flips` is a (B,) bool mask. Equivalent to torchvision's
-    RandomCrop(H, padding=pad) + RandomHorizontalFlip applied per image, done as
-    a single advanced-indexing gather: the flip is folded into the column index.
+    RandomCrop(H, padding=pad) + RandomHorizontalFlip applied per image, done on
+    the whole batch: `unfold` views the padded batch as all (2*pad+1)^2 crop
+    windows without copying, one advanced index picks each sample's window, and
+    torch.where applies the flips (no data-dependent branch, so no device sync).
     """
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     dev = x.device
     padded = F.pad(x, (pad, pad, pad, pad)) if pad > 0 else x
-    rows = offset_y.to(dev).view(b, 1) + torch.arange(h, device=dev).view(1, h)  # (B, H)
-    cols_fwd = torch.arange(w, device=dev).view(1, w)
-    cols_rev = torch.arange(w - 1, -1, -1, device=dev).view(1, w)
-    cols = torch.where(flips.to(dev).view(b, 1), cols_rev, cols_fwd) + offset_x.to(dev).view(b, 1)
-    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
-    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
-    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W), a view
+    out = windows[torch.arange(b, device=dev), :, offset_y.to(dev), offset_x.to(dev)]
+    return torch.where(flips.to(dev).view(b, 1, 1, 1), out.flip(3), out)
 
 
 def normalize(
