@@ -1,0 +1,60 @@
+"""The small commands: eval, bench, report, models, methods."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from prunelab import io, models
+from prunelab.cli.setup import apply_resolution, checkpoint_path, make_data
+from prunelab.methods import list_methods
+from prunelab.methods.finetune import accuracy
+from prunelab.metrics import count
+from prunelab.report import compare_runs, format_table, measure
+
+
+def run_eval(model_path: str, config: dict) -> dict[str, float]:
+    """Top-1, FLOPs and params of a saved model on a data set's test split."""
+    model = io.load(checkpoint_path(model_path))
+    data = make_data(config)
+    apply_resolution(model, data)
+    top1 = accuracy(model, data.test)
+    cost = count(model, torch.zeros(1, *data.effective_input_size))
+    res = data.effective_input_size
+    print(f"{model_path}: top-1 {top1:.2f}% on {data.name} test ({res[1]}x{res[2]}), {cost}")
+    return {"top1": top1, "flops": cost.flops, "params": cost.params}
+
+
+def run_bench(model_paths: list[str], batch: int, threads: int, repeats: int) -> str:
+    """Latency of saved models side by side; the first is the baseline of the speedups."""
+    loaded = {Path(p).stem if p not in ("dense",) else p: io.load(checkpoint_path(p))
+              for p in model_paths}  # fmt: skip
+    inputs = {k: torch.zeros(1, *getattr(m, "prunelab_input_size", (3, 32, 32)))
+              for k, m in loaded.items()}  # fmt: skip
+    rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats)
+    table = format_table(rows, batch, threads)
+    print(table)
+    return table
+
+
+def run_report(runs: list[str], out: str) -> None:
+    table, image = compare_runs(runs, Path(out))
+    print(table)
+    print(f"\nwritten: {Path(out) / 'report.md'}, {image}")
+
+
+def run_models() -> None:
+    for name in models.list_models():
+        c, h, w = models.default_input_size(name)
+        print(f"{name:28s} {c}x{h}x{w}  {models.default_num_classes(name)} classes")
+
+
+def run_methods() -> None:
+    for name, cls in list_methods().items():
+        kind = "trains from scratch" if cls.trains_from_scratch else "prunes a trained model"
+        print(f"{name}: {cls.summary} ({kind})")
+        for f in dataclasses.fields(cls.Options):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            print(f"    {f.name} = {default!r}")

@@ -1,0 +1,135 @@
+"""`prunelab prune`: from a model to a pruned model, a table, a report and plots."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab import io
+from prunelab.atomic import atomic_write_text
+from prunelab.cli.config import dump
+from prunelab.cli.setup import apply_resolution, make_data, make_model, run_dir, say
+from prunelab.errors import ConfigError
+from prunelab.methods import PruneTask, get_method
+from prunelab.methods.finetune import accuracy
+from prunelab.report import (
+    SUMMARY_NAME,
+    format_table,
+    layer_widths,
+    measure,
+    plots,
+    write_run_report,
+)
+from prunelab.train import MetricsLog, TrainConfig
+
+
+def run_prune(config: dict[str, Any]) -> dict[str, Any]:
+    """Run a pruning configuration end to end; returns the run summary."""
+    start = time.perf_counter()
+    method_cfg = dict(config.get("method") or {})
+    name = method_cfg.pop("name", None)
+    if not name:
+        raise ConfigError("config method.name is missing (see `prunelab methods`)")
+    method = get_method(name)(**method_cfg)
+    target = float(config.get("target", 0.5))
+    metric = str(config.get("metric", "flops"))
+    if metric not in ("flops", "params"):
+        raise ConfigError(f"metric must be 'flops' or 'params', got {metric!r}")
+    train = TrainConfig.from_dict(
+        {"quiet": bool(config.get("quiet")), **(config.get("train") or {})}
+    )
+    out = run_dir(config, "prune")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", dump(config))
+
+    say(config, f"data {config['data'].get('name')}")
+    data = make_data(config)
+    dense = make_model(config, data).eval()
+    if not method.trains_from_scratch and not config.get("checkpoint"):
+        say(config, f"warning: {name} prunes a trained model but no checkpoint was given")
+    dense_input = torch.zeros(1, *data.effective_input_size)
+    dense_top1 = None
+    if config.get("checkpoint"):
+        say(config, "evaluating the starting model")
+        dense_top1 = accuracy(dense, data.test)
+    say(config, f"pruning with {name} to {target:.0%} of the baseline {metric} -> {out}")
+    task = PruneTask(
+        model=copy.deepcopy(dense), data=data, target=target, metric=metric, train=train,
+        run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
+    )  # fmt: skip
+    result = method.run(task)
+    pruned = result.model.cpu().eval()
+    apply_resolution(pruned, data)
+    pruned_input = torch.zeros(1, *data.effective_input_size)
+    say(config, "evaluating the pruned model")
+    pruned_top1 = accuracy(pruned, data.test)
+
+    lat = {"batch": 8, "threads": 2, "repeats": 20, **(config.get("latency") or {})}
+    say(config, f"timing both models (batch {lat['batch']}, {lat['threads']} threads)")
+    rows = measure(
+        {"dense": dense, "pruned": pruned},
+        {"dense": dense_input, "pruned": pruned_input},
+        {"dense": dense_top1, "pruned": pruned_top1},
+        batch=int(lat["batch"]), threads=int(lat["threads"]), repeats=int(lat["repeats"]),
+    )  # fmt: skip
+    table = format_table(rows, int(lat["batch"]), int(lat["threads"]))
+    io.save(
+        pruned,
+        out / "model.pt",
+        meta={"method": name, "top1": pruned_top1, "flops": rows[1].flops,
+              "params": rows[1].params, "data": config["data"].get("name")},
+    )  # fmt: skip
+    summary = {
+        "command": "prune",
+        "model": config.get("model"),
+        "method": name,
+        "target": target,
+        "metric": metric,
+        "rows": [r.to_dict() for r in rows],
+        "info": _plain(result.info),
+        "seconds": time.perf_counter() - start,
+        "model_file": "model.pt",
+        "config": config,
+    }
+    log = MetricsLog(out / "metrics.jsonl", fresh=True)
+    log.write({"kind": "baseline", **rows[0].to_dict()})
+    for record in result.history:
+        log.write({"kind": "epoch", **record})
+    log.write({"kind": "pruned", **rows[1].to_dict()})
+    images = _plots(out, dense, pruned, result.history, summary)
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1, default=str))
+    write_run_report(out, summary, table, images)
+    if not config.get("quiet"):
+        print(table)
+        print(f"\nrun folder: {out} (report.md, model.pt, metrics.jsonl, plots)")
+    return summary
+
+
+def _plots(
+    out: Path, dense: torch.nn.Module, pruned: torch.nn.Module, history: list, summary: dict
+) -> list[Path]:
+    title = f"{summary['model']} {summary['method']}"
+    widths = plots.kept_channels(
+        layer_widths(dense), layer_widths(pruned), out / "kept_channels.png", f"{title}: channels"
+    )
+    images = [widths]
+    curve = plots.curves(history, out / "curves.png", f"{title}: training")
+    if curve is not None:
+        images.append(curve)
+    points = [
+        {"label": r["label"], "flops": r["flops"], "top1": r["top1"]} for r in summary["rows"]
+    ]
+    images.append(plots.accuracy_vs_flops(points, out / "accuracy_vs_flops.png", title))
+    return images
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy of method info (tensors become lists)."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    )

@@ -1,0 +1,62 @@
+"""`prunelab train`: train a dense (or already pruned) model; runs under torchrun too."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab import io
+from prunelab.atomic import atomic_write_text
+from prunelab.cli.config import dump
+from prunelab.cli.setup import make_data, make_model, run_dir, say
+from prunelab.metrics import count
+from prunelab.report import SUMMARY_NAME, ModelStats, format_table, plots, write_run_report
+from prunelab.train import TrainConfig, Trainer
+from prunelab.train import distributed as D
+
+
+def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
+    """Train per `config`; rank 0 writes model.pt, summary.json and report.md."""
+    start = time.perf_counter()
+    ctx = D.init_distributed()
+    out = Path(D.broadcast_object(str(run_dir(config, "train")) if ctx.is_main else None))
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump(config))
+    data = make_data(config)
+    model = make_model(config, data)
+    train = TrainConfig.from_dict(
+        {"quiet": bool(config.get("quiet")), "seed": int(config.get("seed", 0)),
+         **(config.get("train") or {}), "run_dir": str(out)}
+    )  # fmt: skip
+    say(config, f"training {config.get('model')} on {data.name} for {train.epochs} epochs -> {out}")
+    trainer = Trainer(model, data, train)
+    final = trainer.fit()
+    if not ctx.is_main:
+        return None
+    model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
+    x = torch.zeros(1, *data.effective_input_size)
+    cost = count(model, x)
+    row = ModelStats("trained", final.get("top1"), cost.flops, cost.params)
+    io.save(model, out / "model.pt", meta={"top1": final.get("top1"), "data": data.name,
+                                             "recipe": train.to_dict()})  # fmt: skip
+    summary = {
+        "command": "train", "model": config.get("model"), "method": None, "rows": [row.to_dict()],
+        "info": {"final": final}, "seconds": time.perf_counter() - start,
+        "model_file": "model.pt", "config": config,
+    }  # fmt: skip
+    images = []
+    curve = plots.curves(trainer.history, out / "curves.png", f"{config.get('model')}: training")
+    if curve is not None:
+        images.append(curve)
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1, default=str))
+    table = format_table([row], 1, torch.get_num_threads())
+    write_run_report(out, summary, table, images)
+    if not config.get("quiet"):
+        print(table)
+        print(f"\nrun folder: {out}")
+    return summary
