@@ -419,3 +419,18 @@ def test_killed_run_resumes_exactly(tmp_path: Path):
     assert [r["kind"] for r in log] == ["start", "epoch", "epoch", "start", "epoch", "epoch",
                                         "end"]
     assert log[3]["resumed"] is True
+
+
+def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path):
+    cfg = quiet_config(epochs=2, steps_per_epoch=2, run_dir=str(tmp_path))
+    Trainer(tiny_cnn(), tiny_data(), cfg).fit()
+    log = tmp_path / METRICS_NAME
+    # as if killed after logging epoch 3 but before its checkpoint, mid-way through a line
+    with open(log, "a") as f:
+        f.write(json.dumps({"kind": "epoch", "epoch": 3, "train_loss": 9.9}) + "\n")
+        f.write('{"kind": "epo')
+    Trainer(tiny_cnn(), tiny_data(), cfg.replace(resume=True, epochs=3)).fit()
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
+    assert epochs == [1, 2, 3]
+    assert all(r.get("train_loss") != 9.9 for r in records)

@@ -211,6 +211,8 @@ class Trainer:
                 self.progress.print(f"no checkpoint at {self.checkpoint_path}: starting fresh")
         if self.is_main and self.run_dir is not None:
             self.metrics_log = MetricsLog(self.run_dir / METRICS_NAME, fresh=not resumed)
+            if resumed:
+                self.metrics_log.drop_epochs_after(self.epoch)
             self.metrics_log.write({"kind": "start", "resumed": resumed, "epoch": self.epoch,
                                     "step": self.global_step, "world_size": self.dist.world_size,
                                     "device": str(self.device), "global_batch": self.global_batch,

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import torch
 
+from prunelab.data.arrays import atomic_write_bytes
+
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -59,6 +61,25 @@ class MetricsLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if fresh:
                 self.path.write_text("")
+
+    def drop_epochs_after(self, epoch: int) -> None:
+        """Forget "epoch" records past `epoch` (written after the checkpoint we resume from).
+
+        A run killed between writing an epoch's record and its checkpoint would
+        otherwise log that epoch twice.
+        """
+        if self.path is None or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            if not (rec.get("kind") == "epoch" and rec.get("epoch", 0) > epoch):
+                kept.append(line)
+        data = "".join(line + "\n" for line in kept).encode()
+        atomic_write_bytes(self.path, lambda f: f.write(data))
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is None:
