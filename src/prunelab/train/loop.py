@@ -287,7 +287,6 @@ class Trainer:
         total = self.steps_per_epoch
         self.progress.start_epoch()
         t0 = time.perf_counter()
-        lr_start = self.lr
         for i, (x, y) in enumerate(itertools.islice(loader, total)):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
@@ -343,7 +342,7 @@ class Trainer:
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.global_step,
-            "lr": lr_start,
+            "lr": self.scheduler.lr(max(self.global_step - 1, 0)),  # of the last step
             "train_loss": loss_total / n,
             "train_top1": 100.0 * correct_total / n,
         }
