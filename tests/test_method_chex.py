@@ -1,0 +1,336 @@
+"""CHEX: CSS leverage, regrow scores, delta schedule, allocation, weight restore, surgery."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import pytest
+import torch
+
+import prunelab
+from prunelab.data import build_data
+from prunelab.errors import ConfigError, InfeasibleBudgetError
+from prunelab.graph.cost import base_cost, cost_of_masks
+from prunelab.methods import chex_selection as sel
+from prunelab.methods.base import PruneTask, get_method
+from prunelab.methods.chex import ChexCallback, ChexOptions, surgery
+from prunelab.train import Callback, TrainConfig, Trainer
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _data(n_train: int = 64):
+    return build_data("synthetic", batch_size=16, n_train=n_train, n_test=32, seed=0)
+
+
+def _config(epochs: int = 4, steps: int = 2, **kw) -> TrainConfig:
+    base = {"epochs": epochs, "steps_per_epoch": steps, "lr": 0.05, "quiet": True, "seed": 0}
+    return TrainConfig(**{**base, **kw})
+
+
+def _setup(name: str = "resnet20", target: float = 0.5, **opts):
+    """A fresh model with distinct BN scales (no ties in the pooled |gamma|), graph, callback."""
+    torch.manual_seed(0)
+    model = prunelab.create(name, num_classes=10)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+    graph = prunelab.trace(model.eval(), torch.zeros(1, 3, 32, 32))
+    cb = ChexCallback(graph, target, "flops", ChexOptions(**{"interval": 1, **opts}), seed=0)
+    cb.initial = copy.deepcopy(model.state_dict())
+    return model, graph, cb
+
+
+# ------------------------------------------------------------------ the maths
+
+
+def test_leverage_scores_single_out_independent_columns_and_split_duplicates():
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, generator=gen), torch.randn(8, generator=gen)
+    c = torch.zeros(8)
+    c[7] = 1.0
+    a[7] = b[7] = 0.0  # c is orthogonal to a and b
+    # columns: a, b, a + b (in span of a, b), c (outside), a again (duplicate of column 0)
+    x = torch.stack([a, b, a + b, c, a], dim=1)
+    lev = sel.leverage_scores(x, k=3)
+    assert lev[3] == pytest.approx(1.0, abs=1e-9)  # outside the span: full leverage
+    assert lev[3] == lev.max()
+    assert lev[0] == pytest.approx(lev[4].item(), abs=1e-12)  # duplicates share equally
+    # a column alone in its direction has leverage 1; the duplicated pair splits it
+    y = torch.stack([a, a, c], dim=1)
+    lev_y = sel.leverage_scores(y, k=2)
+    assert lev_y[0] ** 2 + lev_y[1] ** 2 == pytest.approx(1.0, abs=1e-9)
+    assert lev_y[0] == pytest.approx(1 / math.sqrt(2), abs=1e-9)
+    # fewer rows than columns: css falls back to the column l1 norm
+    wide = torch.randn(2, 5, generator=gen)
+    assert torch.allclose(sel.css_scores(wide, 2), wide.abs().sum(0).double())
+
+
+def test_orthogonality_is_distance_to_the_kept_span():
+    kept = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    cand = torch.tensor([[3.0, 1.0], [4.0, 0.0], [0.0, 2.0]])
+    eps = sel.orthogonality(kept, cand)
+    assert eps.tolist() == pytest.approx([0.0, 2.0])
+    assert sel.orthogonality(torch.zeros(3, 0), cand).tolist() == pytest.approx([5.0, math.sqrt(5)])
+
+
+def test_regrow_sampling_topk_and_without_replacement():
+    eps = torch.tensor([0.1, 5.0, 0.2, 4.0, 0.3])
+    assert sorted(sel.sample_regrow(eps, 2, deterministic=True).tolist()) == [1, 3]
+    gen = torch.Generator().manual_seed(0)
+    pick = sel.sample_regrow(eps, 4, generator=gen)
+    assert len(set(pick.tolist())) == 4
+    # softmax probabilities: high-eps candidates are drawn far more often
+    hits = torch.zeros(5)
+    for s in range(200):
+        hits[sel.sample_regrow(eps, 1, generator=torch.Generator().manual_seed(s))] += 1
+    assert hits[1] > hits[0] + hits[2] + hits[4]
+
+
+def test_cosine_delta_schedule_and_update_times():
+    assert sel.delta_at(0, 10, 0.3) == pytest.approx(0.3)
+    assert sel.delta_at(5, 10, 0.3) == pytest.approx(0.15)
+    assert sel.delta_at(10, 10, 0.3) == 0.0 and sel.delta_at(12, 10, 0.3) == 0.0
+    values = [sel.delta_at(t, 10, 0.3) for t in range(11)]
+    assert all(a >= b for a, b in itertools.pairwise(values))  # decays monotonically
+    assert sel.delta_at(2.5, 10, 0.3) == pytest.approx(0.3 * (1 + math.cos(math.pi / 4)) / 2)
+    assert sel.update_times(2, 11) == [2, 4, 6, 8, 10, 11]
+    assert sel.update_times(2, 180)[-2:] == [178, 180]
+
+
+def test_allocation_is_a_global_quantile_of_pooled_scores():
+    scores = [torch.tensor([0.1, 0.9, 0.5]), torch.tensor([0.2, 0.3, 0.8, 0.05])]
+    alloc = sel.Allocation(scores)
+    pooled = torch.cat(scores).sort().values
+    for n in range(1, 7):
+        thr = pooled[n - 1]  # units at or below the global n/7 quantile go
+        expect = [int((s > thr).sum()) for s in scores]
+        assert alloc.counts(n).tolist() == [max(1, e) for e in expect]
+    assert alloc.counts(7).tolist() == [1, 1]  # a layer never loses every channel
+    masks = alloc.masks(torch.tensor([1, 2]))
+    assert masks[0].tolist() == [False, True, False]
+    assert masks[1].tolist() == [False, True, True, False]
+
+
+# ------------------------------------------------------------ the callback
+
+
+class _Spy(Callback):
+    """Snapshots of the model, masks and optimizer state around the CHEX callback."""
+
+    def __init__(self, cb: ChexCallback) -> None:
+        self.cb = cb
+        self.snaps: list[dict] = []
+        self.violations = 0
+        self.steps = 0
+
+    def snap(self, trainer: Trainer) -> dict:
+        return {
+            "epoch": trainer.epoch,
+            "state": copy.deepcopy(trainer.model.state_dict()),
+            "masks": {g: m.clone() for g, m in self.cb.mask.masks.items()},
+            "momentum": {
+                n: trainer.optimizer.state[p]["momentum_buffer"].clone()
+                for n, p in trainer.model.named_parameters()
+                if "momentum_buffer" in trainer.optimizer.state.get(p, {})
+            },
+        }
+
+
+class _Before(_Spy):
+    def on_epoch_start(self, trainer, epoch):
+        self.snaps.append(self.snap(trainer))
+
+    def on_step_end(self, trainer):
+        # runs before CHEX re-applies the mask: masked weights must not have moved at all
+        self.steps += 1
+        for g, keep in self.cb.mask.masks.items():
+            for m in self.cb.graph.groups[g].members:
+                if m.param.startswith("running_"):
+                    continue
+                t = getattr(trainer.model.get_submodule(m.module), m.param)
+                pos = m.positions_of(~keep)
+                if t.detach().index_select(m.dim, pos).abs().sum() != 0:
+                    self.violations += 1
+
+
+class _After(_Spy):
+    def on_epoch_start(self, trainer, epoch):
+        self.snaps.append(self.snap(trainer))
+
+
+def _slice(state: dict, m, units: torch.Tensor) -> torch.Tensor:
+    t = state[f"{m.module}.{m.param}"]
+    return t.index_select(m.dim, m.positions[torch.isin(m.units, units)])
+
+
+def test_training_regrows_with_saved_weights_and_masked_weights_never_move():
+    model, graph, cb = _setup(delta0=0.4)
+    before, after = _Before(cb), _After(cb)
+    config = _config(epochs=5, steps=2, momentum=0.9, weight_decay=5e-4)
+    Trainer(model, _data(), config, callbacks=[before, cb, after]).fit()
+    assert before.steps == 10 and before.violations == 0
+    revived_units = 0
+    for i in range(1, len(before.snaps)):
+        pre, post = before.snaps[i], after.snaps[i]
+        for g, new in post["masks"].items():
+            old = pre["masks"][g]
+            revived = torch.nonzero(new & ~old).flatten()
+            for u in revived.tolist():
+                # u's weights just before the update that pruned it (initial ones if it
+                # was masked from the start)
+                alive_at = [k for k in range(i) if after.snaps[k]["masks"][g][u]]
+                if alive_at:
+                    j = alive_at[-1] + 1
+                    assert before.snaps[j]["masks"][g][u] and not after.snaps[j]["masks"][g][u]
+                    pruned_state = before.snaps[j]["state"]
+                else:
+                    pruned_state = cb.initial
+                for m in graph.groups[g].members:
+                    want = _slice(pruned_state, m, torch.tensor([u]))
+                    got = _slice(post["state"], m, torch.tensor([u]))
+                    assert torch.equal(want, got), (m.module, m.param, u)
+                    name = f"{m.module}.{m.param}"
+                    if name in post["momentum"]:
+                        assert _slice(post["momentum"], m, torch.tensor([u])).abs().sum() == 0
+                revived_units += 1
+    assert revived_units > 0  # the scenario did exercise regrowing
+
+
+def test_alive_counts_follow_the_allocation_and_meet_the_flops_target():
+    model, graph, cb = _setup(delta0=0.3)
+    before = _Before(cb)
+    Trainer(model, _data(), _config(epochs=5, steps=2), callbacks=[before, cb]).fit()
+    base = base_cost(graph).flops
+    events = cb.timeline[1:]
+    assert [e["t"] for e in events] == cb.times == [1, 2, 3, 4]  # t_max = round(0.72 * 5)
+    for e in events:
+        snap = before.snaps[e["t"]]
+        # the pooled |gamma| the allocation saw: alive units now, pruned units at their last value
+        gammas = []
+        for g in cb.groups:
+            grp = graph.groups[g]
+            (bn,) = grp.norms
+            now = snap["state"][f"{bn}.weight"].abs().double()
+            last = _last_gamma(before, cb.initial, g, bn, e["t"])
+            gammas.append(torch.where(snap["masks"][g], now, last))
+        pooled = torch.cat(gammas).sort().values
+
+        n_pruned = round(e["kappa"] * len(pooled))  # kept architecture: sparsity kappa ...
+        keep = torch.tensor(e["keep"])
+        extra = keep - _quantile_counts(
+            gammas, pooled, n_pruned
+        )  # ... plus a few units back to land within 1%
+        assert (extra >= 0).all() and extra.sum() <= 8
+        n_gone = n_pruned - round(e["delta"] * len(pooled))  # alive: sparsity kappa - delta
+        assert e["alive"] == torch.maximum(_quantile_counts(gammas, pooled, n_gone), keep).tolist()
+        assert e["pruned_cost"] == pytest.approx(0.5, rel=0.01)
+    final = {g: cb.mask.masks[g] for g in cb.groups}
+    assert cost_of_masks(graph, final).flops / base == pytest.approx(0.5, rel=0.01)
+
+
+def _quantile_counts(gammas: list, pooled: torch.Tensor, n: int) -> torch.Tensor:
+    """Units of each layer above the n-th lowest pooled |gamma| (at least one)."""
+    if n <= 0:
+        return torch.tensor([len(gm) for gm in gammas])
+    return torch.tensor([max(1, int((gm > pooled[n - 1]).sum())) for gm in gammas])
+
+
+def _last_gamma(spy: _Before, initial: dict, g: int, bn: str, upto: int) -> torch.Tensor:
+    """Each unit's |gamma| at the last epoch start (up to update `upto`) where it was alive."""
+    out = initial[f"{bn}.weight"].abs().double()
+    for k in range(upto + 1):
+        alive = spy.snaps[k]["masks"][g]
+        out = torch.where(alive, spy.snaps[k]["state"][f"{bn}.weight"].abs().double(), out)
+    return out
+
+
+def test_gradual_pruning_never_regrows():
+    model, _, cb = _setup(regrow="none", delta0=0.3)
+    after = _After(cb)
+    Trainer(model, _data(), _config(epochs=5, steps=1), callbacks=[cb, after]).fit()
+    for a, b in zip(after.snaps, after.snaps[1:], strict=False):
+        for g in cb.groups:
+            assert not (b["masks"][g] & ~a["masks"][g]).any()
+    assert cb.timeline[-1]["alive_flops"] == pytest.approx(0.5, abs=0.005)
+
+
+def test_method_run_prunes_physically_within_two_percent_and_matches_masked_outputs(tmp_path):
+    torch.manual_seed(0)
+    data = _data()
+    model = prunelab.create("resnet20", num_classes=10)
+    task = PruneTask(model, data, target=0.5, train=_config(epochs=3, steps=2), run_dir=tmp_path)
+    result = get_method("chex")(interval=1, regrow="topk").run(task)
+    x = torch.zeros(1, 3, 32, 32)
+    dense = prunelab.count(prunelab.create("resnet20", num_classes=10), x).flops
+    assert prunelab.count(result.model, x).flops / dense == pytest.approx(0.5, abs=0.01)
+    assert result.info["achieved_flops"] == pytest.approx(0.5, abs=0.01)
+    assert result.info["masked_vs_pruned_max_diff"] < 1e-4
+    assert all(0 < k <= s for k, s in zip(result.info["kept"], result.info["sizes"], strict=True))
+    assert "chex_alive" in result.history[-1] and len(result.history) == 3
+    assert 0.5 < result.info["train_flops_ratio"] < 1.0
+    assert set(result.info["left_whole"]) == {"conv1", "layer2.0.downsample.0",
+                                              "layer3.0.downsample.0"}  # fmt: skip
+
+
+def test_surgery_preserves_eval_outputs_with_shortcut_groups_pruned():
+    model, graph, cb = _setup(shortcuts=True, delta0=0.3)
+    Trainer(model, _data(), _config(epochs=3, steps=2), callbacks=[cb]).fit()
+    assert not cb.left_whole and len(cb.groups) == 12
+    coupled = [g for g in cb.groups if graph.groups[g].coupled]
+    assert coupled and any(cb.mask.alive(g) < graph.groups[g].size for g in coupled)
+    model = model.cpu().eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        masked = model(x)
+    pruned, _ = surgery(cb, copy.deepcopy(model), x)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked, atol=1e-5)
+
+
+def test_depthwise_groups_of_mobilenet_v2():
+    model, graph, cb = _setup("cifar_mobilenet_v2", target=0.6, delta0=0.2)
+    Trainer(model, _data(32), _config(epochs=2, steps=1), callbacks=[cb]).fit()
+    x = torch.randn(4, 3, 32, 32)
+    model = model.cpu().eval()
+    with torch.no_grad():
+        masked = model(x)
+    pruned, _ = surgery(cb, model, x)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked, atol=1e-5)
+    ratio = prunelab.count(pruned, x[:1]).flops / base_cost(graph).flops
+    assert ratio == pytest.approx(0.6, abs=0.012)
+
+
+def test_state_dict_round_trip():
+    model, _, cb = _setup()
+    Trainer(model, _data(), _config(epochs=2, steps=1), callbacks=[cb]).fit()
+    state = cb.state_dict()
+    model2, _, cb2 = _setup()
+    trainer = Trainer(model2, _data(), _config(epochs=2, steps=1))
+    cb2.on_train_start(trainer)
+    cb2.load_state_dict(state)
+    assert all(torch.equal(cb2.mask.masks[g], cb.mask.masks[g]) for g in cb.groups)
+    assert cb2.done == cb.done and cb2.kappa == cb.kappa
+    for k, v in cb.memory.shadow.items():
+        assert torch.equal(cb2.memory.shadow[k], v)
+
+
+def test_bad_options_and_budgets_are_clear_errors():
+    with pytest.raises(ConfigError, match="regrow"):
+        get_method("chex")(regrow="maybe")
+    with pytest.raises(ConfigError, match="t_max"):
+        get_method("chex")(t_max=1.5)
+    with pytest.raises(ConfigError, match="no option"):
+        get_method("chex")(kapa=0.5)
+    model, _, cb = _setup(target=0.01)  # shortcuts left whole: 1% is out of reach
+    with pytest.raises(InfeasibleBudgetError, match="shortcuts"):
+        Trainer(model, _data(), _config(epochs=1, steps=1), callbacks=[cb]).fit()
