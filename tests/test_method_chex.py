@@ -5,11 +5,13 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import prunelab
+from prunelab.cli.config import build_config
 from prunelab.data import build_data
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph.cost import base_cost, cost_of_masks
@@ -220,33 +222,37 @@ def test_alive_counts_follow_the_allocation_and_meet_the_flops_target():
             grp = graph.groups[g]
             (bn,) = grp.norms
             now = snap["state"][f"{bn}.weight"].abs().double()
-            last = _last_gamma(before, cb.initial, g, bn, e["t"])
+            last = _last_gamma(before, g, bn, e["t"])
             gammas.append(torch.where(snap["masks"][g], now, last))
-        pooled = torch.cat(gammas).sort().values
-
-        n_pruned = round(e["kappa"] * len(pooled))  # kept architecture: sparsity kappa ...
+        n_total = sum(len(gm) for gm in gammas)
+        n_pruned = round(e["kappa"] * n_total)  # kept architecture: sparsity kappa ...
         keep = torch.tensor(e["keep"])
-        extra = keep - _quantile_counts(
-            gammas, pooled, n_pruned
-        )  # ... plus a few units back to land within 1%
-        assert (extra >= 0).all() and extra.sum() <= 8
-        n_gone = n_pruned - round(e["delta"] * len(pooled))  # alive: sparsity kappa - delta
-        assert e["alive"] == torch.maximum(_quantile_counts(gammas, pooled, n_gone), keep).tolist()
+        extra = keep - torch.tensor(
+            _quantile_counts(gammas, n_pruned)
+        )  # ... plus a few units back, to
+        assert (extra >= 0).all() and extra.sum() <= 8  # land within 1% of the target
+        n_gone = n_pruned - round(e["delta"] * n_total)  # alive: sparsity kappa - delta
+        assert (
+            e["alive"]
+            == torch.maximum(torch.tensor(_quantile_counts(gammas, n_gone)), keep).tolist()
+        )
         assert e["pruned_cost"] == pytest.approx(0.5, rel=0.01)
     final = {g: cb.mask.masks[g] for g in cb.groups}
     assert cost_of_masks(graph, final).flops / base == pytest.approx(0.5, rel=0.01)
 
 
-def _quantile_counts(gammas: list, pooled: torch.Tensor, n: int) -> torch.Tensor:
-    """Units of each layer above the n-th lowest pooled |gamma| (at least one)."""
-    if n <= 0:
-        return torch.tensor([len(gm) for gm in gammas])
-    return torch.tensor([max(1, int((gm > pooled[n - 1]).sum())) for gm in gammas])
+def _quantile_counts(gammas: list, n: int) -> list:
+    """Units of each layer not among the n lowest pooled |gamma| (ties: earlier layer first)."""
+    pooled = torch.cat(gammas)
+    owner = torch.cat([torch.full((len(gm),), i) for i, gm in enumerate(gammas)])
+    gone = owner[torch.sort(pooled, stable=True).indices[: max(n, 0)]]
+    return [max(1, len(gm) - int((gone == i).sum())) for i, gm in enumerate(gammas)]
 
 
-def _last_gamma(spy: _Before, initial: dict, g: int, bn: str, upto: int) -> torch.Tensor:
-    """Each unit's |gamma| at the last epoch start (up to update `upto`) where it was alive."""
-    out = initial[f"{bn}.weight"].abs().double()
+def _last_gamma(spy: _Before, g: int, bn: str, upto: int) -> torch.Tensor:
+    """Each unit's |gamma| at the last epoch start (up to update `upto`) where it was alive;
+    0 for units never alive."""
+    out = torch.zeros_like(spy.snaps[0]["state"][f"{bn}.weight"], dtype=torch.float64)
     for k in range(upto + 1):
         alive = spy.snaps[k]["masks"][g]
         out = torch.where(alive, spy.snaps[k]["state"][f"{bn}.weight"].abs().double(), out)
@@ -334,3 +340,28 @@ def test_bad_options_and_budgets_are_clear_errors():
     model, _, cb = _setup(target=0.01)  # shortcuts left whole: 1% is out of reach
     with pytest.raises(InfeasibleBudgetError, match="shortcuts"):
         Trainer(model, _data(), _config(epochs=1, steps=1), callbacks=[cb]).fit()
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("chex_*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_ready_configs_are_valid(path):
+    cfg = build_config({}, [str(path)], [])
+    method = dict(cfg["method"])
+    assert method.pop("name") == "chex"
+    get_method("chex")(**method)
+    train = TrainConfig.from_dict(cfg["train"])
+    if "imagenet" in path.stem:  # the paper's recipe, as the shared preset spells it
+        preset = TrainConfig.preset("imagenet_chex")
+        keys = ("epochs", "lr", "lr_ref_batch", "momentum", "weight_decay", "no_decay_bn_bias",
+                "schedule", "warmup_epochs", "label_smoothing")  # fmt: skip
+        for key in keys:
+            assert getattr(train, key) == getattr(preset, key), key
+        assert method["interval"] == 2 and round(method["t_max"] * train.epochs) == 180
+
+
+def test_there_are_configs_for_every_setting():
+    names = {p.stem for p in CONFIGS}
+    for want in ("resnet20", "resnet56", "resnet50", "mobilenetv2", "efficientnetb0"):
+        assert any(want in n for n in names), want

@@ -161,6 +161,7 @@ class ChexCallback(Callback):
         self.images = 0.0
         self.update_seconds = 0.0
         self._epoch_update_s = 0.0
+        self.ever_alive: dict[int, torch.Tensor] = {}  # units alive at some point
 
     # -------------------------------------------------------------- set-up
     def _choose_groups(self, model: nn.Module) -> None:
@@ -335,13 +336,23 @@ class ChexCallback(Callback):
         self.mask.update(new)
         self.memory.revive(old, self.mask.masks, getattr(trainer, "optimizer", None))
         self.mask.apply()
+        for g, m in self.mask.masks.items():
+            self.ever_alive[g] = self.ever_alive.get(g, m) | m
         self.alive_flops = cost_of_masks(self.graph, self.mask.masks).flops / self.base.flops
 
     # ------------------------------------------------------------ scoring
     def _allocation(self) -> tuple[sel.Allocation, Callable[[torch.Tensor], float]]:
-        """Budgets by pooled |gamma| (dead units at their last value), and their cost."""
+        """Budgets by pooled |gamma|, and their cost.
+
+        A pruned unit counts with the |gamma| it had when last alive, so a layer
+        can win channels back; a unit never alive (masked from the start) has
+        no trained scale and counts as 0.
+        """
         assert self.memory is not None
-        gammas = [sel.mean_gamma(self.memory.shadow, self.graph.groups[g]) for g in self.groups]
+        gammas = [
+            sel.mean_gamma(self.memory.shadow, self.graph.groups[g]) * self.ever_alive[g]
+            for g in self.groups
+        ]
         alloc = sel.Allocation(gammas, self.opts.min_channels)
 
         def cost_of(counts: torch.Tensor) -> float:
@@ -382,6 +393,7 @@ class ChexCallback(Callback):
         assert self.mask is not None and self.memory is not None
         return {
             "masks": self.mask.state_dict(),
+            "ever_alive": {str(g): m.clone() for g, m in self.ever_alive.items()},
             "shadow": {f"{k[0]}|{k[1]}": v.detach().cpu() for k, v in self.memory.shadow.items()},
             "done": list(self.done), "timeline": self.timeline, "kappa": self.kappa,
             "flops_images": self.flops_images, "images": self.images,
@@ -391,6 +403,7 @@ class ChexCallback(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         assert self.mask is not None and self.memory is not None
         self.mask.load_state_dict(state["masks"])
+        self.ever_alive = {int(g): m.bool().clone() for g, m in state["ever_alive"].items()}
         for name, v in state["shadow"].items():
             module, param = name.split("|")
             self.memory.shadow[(module, param)].copy_(v)
