@@ -330,6 +330,18 @@ def test_state_dict_round_trip():
         assert torch.equal(cb2.memory.shadow[k], v)
 
 
+def test_resume_from_a_trainer_checkpoint(tmp_path):
+    model, _, cb = _setup()
+    config = _config(epochs=3, steps=1, run_dir=str(tmp_path))
+    Trainer(model, _data(), config, callbacks=[cb]).fit()
+    model2, _, cb2 = _setup()
+    trainer = Trainer(model2, _data(), config.replace(resume=True), callbacks=[cb2])
+    trainer.fit()  # loads the finished run: nothing left to train
+    assert trainer.epoch == 3 and cb2.done == cb.done and cb2.timeline == cb.timeline
+    assert all(torch.equal(cb2.mask.masks[g], cb.mask.masks[g]) for g in cb.groups)
+    assert cb2.training_flops_ratio() == cb.training_flops_ratio()
+
+
 def test_bad_options_and_budgets_are_clear_errors():
     with pytest.raises(ConfigError, match="regrow"):
         get_method("chex")(regrow="maybe")

@@ -152,6 +152,7 @@ class ChexCallback(Callback):
         self.groups: list[int] = []
         self.left_whole: dict[str, str] = {}
         self.times: list[int] = []
+        self._times: set[int] = set()
         self.t_max = 0
         self.done: list[int] = []
         self.timeline: list[dict[str, Any]] = []
@@ -165,6 +166,7 @@ class ChexCallback(Callback):
 
     # -------------------------------------------------------------- set-up
     def _choose_groups(self, model: nn.Module) -> None:
+        self.groups, self.left_whole = [], {}
         for g in self.graph.prunable:
             if not g.members_of("norm", "weight"):
                 self.left_whole[g.name] = "no batch-norm scale to allocate by"
@@ -182,6 +184,7 @@ class ChexCallback(Callback):
         horizon = trainer.config.epochs if self.opts.unit == "epoch" else steps
         self.t_max = max(1, round(self.opts.t_max * horizon))
         self.times = sel.update_times(self.opts.interval, self.t_max)
+        self._times = set(self.times)
         self.mask = ChannelMask(model, self.graph, self.groups)
         self.memory = WeightMemory(model, self.graph, self.groups)
         keep = self._initial_keep_fraction()
@@ -257,7 +260,7 @@ class ChexCallback(Callback):
 
     # ------------------------------------------------------------ updates
     def _maybe_update(self, trainer: Trainer, t: int) -> None:
-        if t in self.times and t not in self.done:
+        if t in self._times and t not in self.done:
             self._update(trainer, t)
 
     def _update(self, trainer: Trainer, t: int) -> None:
