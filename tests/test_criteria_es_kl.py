@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import prunelab
 from prunelab import planners
 from prunelab.criteria import DATA_DRIVEN, score
-from prunelab.criteria.es import conv_sensitivity
+from prunelab.criteria.es import TIE_BREAK, conv_sensitivity, conv_shares
 from prunelab.graph import Plan, prune, trace
 from tests._nets import ConvBN, Residual, randomize_bn
 
@@ -24,9 +24,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _brute_es(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """PFP sensitivity of each input feature of a linear layer, by explicit loops."""
+def _brute_es(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Largest and mean share of each input feature of a linear layer, by explicit loops."""
     best = torch.zeros(a.shape[1], dtype=torch.float64)
+    summed = torch.zeros(a.shape[1], dtype=torch.float64)
     a, w = a.double().abs(), w.double()
     for part in (w.clamp(min=0), (-w).clamp(min=0)):
         for x in a:
@@ -36,7 +37,8 @@ def _brute_es(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
                     continue
                 for j in range(a.shape[1]):
                     best[j] = max(best[j], float(part[o, j] * x[j]) / total)
-    return best
+                    summed[j] += float(part[o, j] * x[j]) / total
+    return best, summed / (2 * a.shape[0] * w.shape[0])
 
 
 def _brute_conv_es(a: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -70,8 +72,23 @@ def test_es_on_a_linear_consumer_is_the_largest_share_of_a_neuron() -> None:
     xs = [torch.randn(6, 4), torch.randn(3, 4)]
     es = score("es", model, group, {"batches": [(x, None) for x in xs]})
     a = torch.cat([model[1](model[0](x)) for x in xs]).detach()
-    assert torch.allclose(es, _brute_es(a, model[2].weight.detach()), atol=1e-6)
-    assert ((es >= 0) & (es <= 1)).all()
+    largest, mean = _brute_es(a, model[2].weight.detach())
+    assert torch.allclose(es, largest + TIE_BREAK * mean, atol=1e-7, rtol=0)
+    assert ((es >= 0) & (es <= 1 + TIE_BREAK)).all()
+
+
+def test_es_orders_units_tied_at_the_largest_share_by_their_mean_share() -> None:
+    # Inputs that are active alone somewhere all reach share 1; the mean share decides.
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(3))
+        model[0].bias.zero_()
+        model[2].weight.copy_(torch.tensor([[1.0, 2.0, 3.0]]))
+    group = trace(model, torch.randn(1, 3)).group_of("0")
+    xs = [torch.eye(3), torch.ones(2, 3)]
+    es = score("es", model, group, {"batches": xs})
+    assert torch.all(es >= 1.0 - 1e-7)
+    assert torch.argsort(es).tolist() == [0, 1, 2]
 
 
 def test_es_on_conv_consumers_matches_per_channel_convolutions() -> None:
@@ -86,6 +103,9 @@ def test_es_on_conv_consumers_matches_per_channel_convolutions() -> None:
     a = model[0](x).detach()
     assert torch.allclose(es, _brute_conv_es(a, model[1]), atol=1e-5)
     assert int(torch.argmin(es)) == 2 and float(es[2]) == 0.0
+    # For the tie-break's mean share: the shares of every neuron with input mass sum to 1.
+    _, total, counted = conv_shares(model[1], a)
+    assert 0.9 < float(total.sum()) / counted <= 1.0 + 1e-6
 
 
 def test_es_of_a_grouped_convolution_takes_each_columns_largest_channel() -> None:
@@ -130,7 +150,7 @@ def test_es_takes_the_maximum_over_a_coupled_groups_consumers() -> None:
     ).amax(0)
     es = score("es", model, group, {"batches": [x]})
     assert set(group.consumers) == {"1.a.0", "2"}
-    assert torch.allclose(es, expected.double(), atol=1e-6)
+    assert torch.allclose(es, expected.double(), atol=2 * TIE_BREAK)
 
 
 def _classifier() -> nn.Module:

@@ -18,6 +18,11 @@ a consumer sees signed inputs. A group's unit takes the maximum over every
 consumer that reads it (a residual stage has several) and over the positions
 it owns (flatten into a linear layer gives a channel H*W inputs).
 
+In early layers many units reach share 1 on some neuron (only they are
+active there after the ReLU), so the maximum alone ties them; ties are
+ordered by the unit's mean share over all neurons, added with weight 1e-6
+(below any difference of the maxima that float32 activations can resolve).
+
 Statistics: `stats["batches"]`, a list of input batches (tensors, or (x, y)
 pairs whose labels are ignored), re-read for every group. Each group costs
 one forward pass over them. Consumers must be nn.Conv2d (any stride,
@@ -38,6 +43,8 @@ from prunelab.graph.groups import Group, Member
 
 # Elements of one chunk of per-(input channel, output neuron) contributions.
 _CHUNK_ELEMENTS = 1 << 22
+# Weight of the mean share, which only orders units tied at the same largest share.
+TIE_BREAK = 1e-6
 
 
 def input_batches(stats: Mapping[str, Any] | None, criterion: str) -> list[torch.Tensor]:
@@ -61,11 +68,15 @@ def _inverse(denom: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, denom.clamp_min(1e-30).reciprocal(), torch.zeros_like(denom))
 
 
-def conv_sensitivity(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """Sensitivity of each column of `conv.weight` (dim 1) for input batch `a` (N, C, H, W).
+# Shares of one consumer over some data, per weight column: (largest, sum, neurons counted).
+Shares = tuple[torch.Tensor, torch.Tensor, float]
+
+
+def conv_shares(conv: nn.Conv2d, a: torch.Tensor) -> Shares:
+    """Shares of each column of `conv.weight` (dim 1) for input batch `a` (N, C, H, W).
 
     A grouped convolution's column k is read by channel g * (C / groups) + k of
-    every group g; the column takes the largest of those channels' values.
+    every group g; the column takes the largest (and the sum) over those channels.
     """
     w = conv.weight.detach().to(a.dtype)
     n, c = a.shape[:2]
@@ -75,10 +86,13 @@ def conv_sensitivity(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     a = a.detach().abs()
     opts = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
     best = torch.zeros(c, dtype=a.dtype, device=a.device)
+    total = torch.zeros(c, dtype=torch.float64, device=a.device)
+    counted = 0.0
     for part in (w.clamp(min=0), (-w).clamp(min=0)):
         # 1 / (the neuron's whole mass), per sample, output channel and position.
         inv = _inverse(F.conv2d(a, part, groups=groups, **opts))
         hw = inv.shape[2] * inv.shape[3]
+        counted += n * pout * hw * groups
         ch_chunk = max(1, min(pin, _CHUNK_ELEMENTS // max(1, pout * hw)))
         n_chunk = max(1, _CHUNK_ELEMENTS // max(1, ch_chunk * pout * hw))
         for gi in range(groups):
@@ -88,22 +102,28 @@ def conv_sensitivity(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
                 k1 = min(pin, k0 + ch_chunk)
                 # Each input channel against every filter of its group: (k1-k0)*pout maps.
                 kern = filters[:, k0:k1].transpose(0, 1).reshape((k1 - k0) * pout, 1, kh, kw)
-                c0 = gi * pin
+                c0, c1 = gi * pin + k0, gi * pin + k1
                 for s0 in range(0, n, n_chunk):
-                    x = a[s0 : s0 + n_chunk, c0 + k0 : c0 + k1]
+                    x = a[s0 : s0 + n_chunk, c0:c1]
                     z = F.conv2d(x, kern, groups=k1 - k0, **opts)
                     z = z.view(x.shape[0], k1 - k0, pout, hw)
                     z.mul_(inv_g[s0 : s0 + n_chunk].reshape(x.shape[0], 1, pout, hw))
-                    share = z.amax(dim=(0, 2, 3))
-                    best[c0 + k0 : c0 + k1] = torch.maximum(best[c0 + k0 : c0 + k1], share)
-    return best.view(groups, pin).amax(dim=0)
+                    best[c0:c1] = torch.maximum(best[c0:c1], z.amax(dim=(0, 2, 3)))
+                    total[c0:c1] += z.sum(dim=(0, 2, 3), dtype=torch.float64)
+    return best.view(groups, pin).amax(dim=0), total.view(groups, pin).sum(dim=0), counted
 
 
-def linear_sensitivity(linear: nn.Linear, a: torch.Tensor) -> torch.Tensor:
-    """Sensitivity of each input feature of `linear` for input batch `a` (..., F)."""
+def conv_sensitivity(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """Empirical sensitivity of each column of `conv.weight` (dim 1) for input batch `a`."""
+    return conv_shares(conv, a)[0]
+
+
+def linear_shares(linear: nn.Linear, a: torch.Tensor) -> Shares:
+    """Shares of each input feature of `linear` for input batch `a` (..., F)."""
     w = linear.weight.detach().to(a.dtype)
     a = a.detach().abs().reshape(-1, w.shape[1])
     best = torch.zeros(w.shape[1], dtype=a.dtype, device=a.device)
+    total = torch.zeros(w.shape[1], dtype=torch.float64, device=a.device)
     step = max(1, _CHUNK_ELEMENTS // max(1, w.numel()))
     for part in (w.clamp(min=0), (-w).clamp(min=0)):
         for s0 in range(0, a.shape[0], step):
@@ -111,7 +131,8 @@ def linear_sensitivity(linear: nn.Linear, a: torch.Tensor) -> torch.Tensor:
             z = x[:, None, :] * part[None]  # (N, out, F)
             z.mul_(_inverse(x @ part.T)[..., None])
             best = torch.maximum(best, z.amax(dim=(0, 1)))
-    return best
+            total += z.sum(dim=(0, 1), dtype=torch.float64)
+    return best, total, 2.0 * a.shape[0] * w.shape[0]
 
 
 def _consumers(model: nn.Module, group: Group) -> list[tuple[Member, nn.Module]]:
@@ -135,17 +156,18 @@ def empirical_sensitivity(
             f"es: group {group.index} ({group.name}) has no Conv2d or Linear layer reading it"
         )
     modules = {name: mod for name, mod in model.named_modules()}
-    by_module: dict[str, torch.Tensor] = {}
+    by_module: dict[str, Shares] = {}
 
     def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
         def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            a = inputs[0]
-            if isinstance(mod, nn.Conv2d):
-                s = conv_sensitivity(mod, a)
-            else:
-                s = linear_sensitivity(mod, a)
-            s = s.double().cpu()
-            by_module[name] = torch.maximum(by_module[name], s) if name in by_module else s
+            shares = conv_shares if isinstance(mod, nn.Conv2d) else linear_shares
+            big, total, counted = shares(mod, inputs[0])
+            big, total = big.double().cpu(), total.cpu()
+            if name in by_module:
+                seen_big, seen_total, seen_counted = by_module[name]
+                big = torch.maximum(seen_big, big)
+                total, counted = seen_total + total, seen_counted + counted
+            by_module[name] = (big, total, counted)
 
         return hook
 
@@ -162,8 +184,10 @@ def empirical_sensitivity(
         for h in handles:
             h.remove()
         model.train(was_training)
-    total = torch.zeros(group.size, dtype=torch.float64)
+    largest = torch.zeros(group.size, dtype=torch.float64)
+    mean = torch.zeros(group.size, dtype=torch.float64)
     for m, _ in consumers:
-        per_position = by_module[m.module][m.positions]
-        total.scatter_reduce_(0, m.units, per_position, reduce="amax")
-    return total
+        big, total, counted = by_module[m.module]
+        largest.scatter_reduce_(0, m.units, big[m.positions], reduce="amax")
+        mean.scatter_reduce_(0, m.units, total[m.positions] / counted, reduce="amax")
+    return largest + TIE_BREAK * mean
