@@ -57,7 +57,14 @@ def _split(settings: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # Settings may come after options (`train --resume k=v`): collect leftovers as settings.
+    args, extra = parser.parse_known_args(argv)
+    flags = [e for e in extra if e.startswith("-")]
+    if flags or (extra and not hasattr(args, "settings")):
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
+    if extra:
+        args.settings = [*args.settings, *extra]
     try:
         return _dispatch(args)
     except PrunelabError as exc:

@@ -35,7 +35,10 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     )  # fmt: skip
     say(config, f"training {config.get('model')} on {data.name} for {train.epochs} epochs -> {out}")
     trainer = Trainer(model, data, train)
-    final = trainer.fit()
+    try:
+        final = trainer.fit()
+    finally:
+        D.cleanup()
     if not ctx.is_main:
         return None
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()

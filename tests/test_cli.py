@@ -1,0 +1,119 @@
+"""The command line end to end on synthetic data: files, tables, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from prunelab import io
+from prunelab.cli import main
+from prunelab.cli.config import build_config, parse_override
+from prunelab.errors import ConfigError
+
+SYNTH = [
+    "data.name=synthetic", "data.n_train=128", "data.n_test=64", "data.batch_size=32",
+    "data.holdout=0", "train.epochs=1", "train.steps_per_epoch=2", "train.threads=1",
+    "latency.repeats=2", "latency.threads=1",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_overrides_parse_as_yaml_values() -> None:
+    assert parse_override("train.epochs=3") == {"train": {"epochs": 3}}
+    assert parse_override("checkpoint=null") == {"checkpoint": None}
+    cfg = build_config({"train": {"lr": 0.1}}, [], ["train.epochs=2", "method=uniform"])
+    assert cfg["train"] == {"lr": 0.1, "epochs": 2} and cfg["method"] == {"name": "uniform"}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("train.epochs")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        build_config({}, [], ["modle=resnet20"])
+
+
+def test_train_then_prune_then_eval_then_report(tmp_path: Path, capsys) -> None:
+    train_dir = tmp_path / "train"
+    assert main(["train", "model=resnet20", *SYNTH, "--quiet", "--run-dir", str(train_dir)]) == 0
+    trained = train_dir / "model.pt"
+    assert trained.is_file() and (train_dir / "checkpoint.pt").is_file()
+
+    prune_dir = tmp_path / "prune"
+    args = ["prune", f"checkpoint={trained}", "method=uniform", "target=0.5", *SYNTH]
+    assert main([*args, "--run-dir", str(prune_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| dense |" in out and "| pruned |" in out and "speedup" in out
+    for name in ("model.pt", "report.md", "summary.json", "metrics.jsonl", "config.yaml",
+                 "kept_channels.png", "accuracy_vs_flops.png", "curves.png"):  # fmt: skip
+        assert (prune_dir / name).is_file(), name
+    summary = json.loads((prune_dir / "summary.json").read_text())
+    dense, pruned = summary["rows"]
+    assert abs(pruned["flops"] / dense["flops"] - 0.5) < 0.02
+    assert pruned["top1"] is not None and dense["top1"] is not None
+    records = [json.loads(line) for line in (prune_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "baseline" and records[-1]["kind"] == "pruned"
+    model = io.load(prune_dir / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == pruned["params"]
+
+    assert main(["eval", str(prune_dir / "model.pt"), *SYNTH[:4]]) == 0
+    assert "top-1" in capsys.readouterr().out
+    report_dir = tmp_path / "cmp"
+    assert main(["report", str(prune_dir), str(train_dir), "--out", str(report_dir)]) == 0
+    assert (report_dir / "report.md").is_file() and (report_dir / "accuracy_vs_flops.png").is_file()
+
+
+def test_train_resume_continues_the_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "model=resnet20", *SYNTH, "--quiet", "--run-dir", str(run)]) == 0
+    more = [s for s in SYNTH if not s.startswith("train.epochs")] + ["train.epochs=2"]
+    assert (
+        main(["train", "model=resnet20", *more, "--quiet", "--resume", "--run-dir", str(run)]) == 0
+    )
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "method=nope", *SYNTH], "unknown method 'nope'"),
+        (["prune", "model=resnet9000", "checkpoint=null", *SYNTH], "unknown model 'resnet9000'"),
+        (["prune", "model=resnet20", "checkpoint=null", "target=0.001", *SYNTH], "cannot reach"),
+        (["prune", "missing.yaml"], "no config file"),
+        (["prune", "checkpoint=/nonexistent/model.pt", *SYNTH], "no model file"),
+        (["train", "model=resnet20", "train.epochs=-1", *SYNTH[:4]], "epochs"),
+        (["train", "model=resnet20", "--resume", *SYNTH], "--resume needs --run-dir"),
+        (["prune", "model=resnet20", "checkpoint=null", "data.name=cifar10_jpg",
+          "data.root=/nonexistent"], "/nonexistent"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_clear_line_and_nonzero_exit(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    run_dir = [] if "--resume" in args else ["--run-dir", str(tmp_path / "r")]
+    assert main([*args, *run_dir]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 or "[prunelab]" in err
+
+
+def test_every_shipped_config_is_valid() -> None:
+    from prunelab.methods import get_method
+    from prunelab.train import TrainConfig
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    for path in configs:
+        cfg = build_config({}, [str(path)], [])
+        method = dict(cfg.get("method") or {})
+        if method:
+            get_method(method.pop("name"))(**method)
+        TrainConfig.from_dict(cfg.get("train") or {})
+        assert yaml.safe_load(path.read_text())
