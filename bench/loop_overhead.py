@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -62,7 +63,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--out", default="bench/results/loop_overhead.json")
     args = parser.parse_args()
-    torch.set_num_threads(int(__import__("os").environ.get("PRUNELAB_THREADS", "2")))
+    torch.set_num_threads(int(os.environ.get("PRUNELAB_THREADS", "2")))
     data = build_data("cifar10_jpg", batch_size=128, seed=0)
     results = {}
     for layout in ("nchw", "channels_last"):
