@@ -1,0 +1,566 @@
+"""DWR: prune depth, width and input resolution together (Wang et al., ICML 2021).
+
+"Accelerate CNNs from Three Dimensions: A Comprehensive Pruning Framework".
+Instead of spending the whole FLOPs budget T on one dimension, DWR learns how
+accuracy depends on depth d, width w and resolution r and picks the best
+(d, w, r) with d * w^2 * r^2 = T:
+
+1. Data collection (the paper's Algorithm 1): from the trained model, prune
+   along one dimension at a time for `rounds` rounds (depth down to T, width
+   and resolution down to sqrt(T), in equal steps), fine-tuning after each
+   round; every intermediate model is a (d, w, r, accuracy) point.
+2. Fit the accuracy model (MAP, `dwr_model`): rank-R, degree-K separable
+   polynomial (R = 1, K = 3 by default).
+3. Maximise it on d * w^2 * r^2 = T; the real cost is then met by measuring
+   it with the engine (depth and resolution fixed, width adjusted).
+4. Prune the trained model: depth by DBP (`dwr_probe`, linear probes on
+   each block's pooled output), width by BN scale with the same ratio in
+   every layer, resolution by bilinearly resizing every batch; fine-tune.
+
+Depth d is the kept fraction of the removable blocks (residual blocks whose
+shortcut is the identity, `prunelab.graph.blocks`); width w the kept fraction
+of channels over the prunable groups; resolution r the input side length
+over the original one. The pruned model records its input size in
+`model.prunelab_input_size`, which `prunelab.save` keeps and the command line
+applies to evaluation.
+
+With one dimension in `dims` there is nothing to learn: the method prunes
+that dimension alone to the budget (the paper's Table 1 baselines), with the
+same final fine-tune.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from prunelab import planners
+from prunelab.atomic import atomic_write_text
+from prunelab.data import DataBundle
+from prunelab.errors import ConfigError, InfeasibleBudgetError
+from prunelab.graph import Plan, prune, trace
+from prunelab.graph.blocks import find_removable_blocks, remove_blocks
+from prunelab.graph.cost import base_cost, plan_cost
+from prunelab.graph.plan import round_keep
+from prunelab.io import load, save
+from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
+from prunelab.methods.dwr_model import (
+    DIMS,
+    FullPolynomial,
+    SeparablePolynomial,
+    fit_full,
+    fit_separable,
+    leave_one_out,
+    maximize,
+    rmse,
+)
+from prunelab.methods.dwr_probe import dbp_importance
+from prunelab.methods.finetune import accuracy, fit
+from prunelab.metrics import count
+
+__all__ = ["DWR", "Collector", "Point"]
+
+
+@dataclass
+class Point:
+    """One data point of the accuracy model: a pruned, fine-tuned model and its accuracy."""
+
+    d: float
+    w: float
+    r: float
+    accuracy: float  # percent, on the evaluation split
+    dim: str  # "origin", "depth", "width" or "resolution"
+    round: int
+    pixels: int
+    flops: int
+    params: int
+    blocks_kept: int
+    test_top1: float | None = None
+    epochs: int = 0
+    seconds: float = 0.0
+
+    @property
+    def xyz(self) -> tuple[float, float, float]:
+        return (self.d, self.w, self.r)
+
+
+@contextlib.contextmanager
+def at_resolution(data: DataBundle, pixels: int) -> Iterator[None]:
+    """Resize every batch of every loader to `pixels` inside the block, then restore."""
+    before = data.resolution
+    data.set_resolution(pixels)
+    try:
+        yield
+    finally:
+        data.set_resolution(before)
+
+
+def _loader(data: DataBundle, split: str):
+    if split not in ("train", "test", "holdout"):
+        raise ConfigError(f"split must be 'train', 'test' or 'holdout', got {split!r}")
+    return getattr(data, split)
+
+
+class Collector:
+    """Data collection and pruning along each dimension, for one task.
+
+    Holds what every step needs: the trained model, its removable blocks and
+    channel groups, its native input size and cost. With a cache folder each
+    collected point (and its model) is written as soon as it exists and read
+    back instead of being recomputed, so an interrupted collection resumes
+    and separate processes can collect different dimensions.
+    """
+
+    def __init__(self, task: PruneTask, options: DWR.Options) -> None:
+        self.task = task
+        self.opts = options
+        self.model0 = task.model.cpu().eval()
+        c, h, w = task.data.effective_input_size
+        if h != w:
+            raise ConfigError(f"DWR prunes square inputs; the data gives {h}x{w}")
+        self.channels, self.r0 = c, h
+        self.base = count(self.model0, self._input(self.r0))
+        self.blocks0 = [b.name for b in find_removable_blocks(self.model0, self._input(self.r0))]
+        graph = trace(self.model0, self._input(self.r0))
+        self.groups0 = {g.name: g.size for g in planners.select_groups(graph)}
+        self.eval_split = options.eval_split
+        if _loader(task.data, self.eval_split) is None:
+            self.eval_split = "test"  # no hold-out split was built
+        cache = options.collect_dir or (task.run_dir / "collect" if task.run_dir else None)
+        self.cache = Path(cache) if cache is not None else None
+
+    # ------------------------------------------------------------------ basics
+    def _input(self, pixels: int) -> torch.Tensor:
+        return torch.zeros(1, self.channels, pixels, pixels)
+
+    def say(self, text: str) -> None:
+        if not (self.task.quiet or self.task.train.quiet):
+            print(f"[dwr] {text}", flush=True)
+
+    def settings(self) -> dict[str, Any]:
+        """What the collected points depend on; a cache made otherwise is refused."""
+        o = self.opts
+        arch = getattr(self.model0, "prunelab_arch", {"name": type(self.model0).__name__})
+        return {"arch": arch, "target": self.task.target, "rounds": o.rounds,
+                "round_epochs": o.round_epochs, "round_lr": o.round_lr,
+                "eval_split": self.eval_split, "seed": self.task.seed,
+                "base_flops": self.base.flops, "pixels": self.r0}  # fmt: skip
+
+    def removable(self, model: nn.Module) -> list[str]:
+        """Blocks of the original model still present (and removable) in `model`."""
+        present = {b.name for b in find_removable_blocks(model)}
+        return [b for b in self.blocks0 if b in present]
+
+    def width_of(self, model: nn.Module, pixels: int) -> float:
+        """Kept fraction of channels over the original prunable groups still present."""
+        graph = trace(model, self._input(pixels))
+        kept = total = 0
+        for g in planners.select_groups(graph):
+            if g.name in self.groups0:
+                kept += g.size
+                total += self.groups0[g.name]
+        return kept / total if total else 1.0
+
+    def evaluate(self, model: nn.Module, pixels: int) -> float:
+        """Accuracy (percent) on the evaluation split at `pixels`."""
+        with at_resolution(self.task.data, pixels):
+            return accuracy(model, _loader(self.task.data, self.eval_split))
+
+    def shape_of(self, model: nn.Module, pixels: int) -> tuple[float, float, float, int]:
+        """(d, w, r, removable blocks kept) of a pruned model fed `pixels`-sized inputs."""
+        kept = len(self.removable(model))
+        d = kept / len(self.blocks0) if self.blocks0 else 1.0
+        return d, self.width_of(model, pixels), pixels / self.r0, kept
+
+    def flops(self, model: nn.Module, pixels: int) -> int:
+        return count(model, self._input(pixels)).flops
+
+    def point(
+        self, model: nn.Module, dim: str, rnd: int, pixels: int, acc: float, **extra: Any
+    ) -> Point:
+        cost = count(model, self._input(pixels))
+        d, w, r, kept = self.shape_of(model, pixels)
+        return Point(d, w, r, acc, dim, rnd, pixels, cost.flops, cost.params, kept, **extra)
+
+    # ------------------------------------------------------------ depth (DBP)
+    def dbp(self, model: nn.Module, blocks: Sequence[str]) -> dict[str, float]:
+        """DBP importance of `blocks` from probes on two halves of the probe split."""
+        loader = _loader(self.task.data, self.opts.probe_split)
+        if loader is None:
+            loader = self.task.data.train
+        batches = []
+        for i, (x, y) in enumerate(loader):
+            if i >= self.opts.probe_batches:
+                break
+            batches.append((x.cpu(), y.cpu()))
+        if len(batches) < 2:
+            raise ConfigError("DBP needs at least 2 probe batches (probe_batches, probe_split)")
+        half = len(batches) // 2
+        return dbp_importance(model, list(blocks), batches[:half], batches[half:],
+                              self.task.data.num_classes)  # fmt: skip
+
+    def prune_depth(self, model: nn.Module, keep: int) -> tuple[nn.Module, dict[str, float]]:
+        """Remove the least important blocks by DBP until `keep` original blocks remain."""
+        present = self.removable(model)
+        if keep >= len(present):
+            return model, {}
+        scores = self.dbp(model, present)
+        order = sorted(present, key=lambda b: (scores[b], present.index(b)))
+        return remove_blocks(model, order[: len(present) - keep]), scores
+
+    # -------------------------------------------------------- width (BN scale)
+    def width_planner(self, model: nn.Module, pixels: int, round_to: int = 1):
+        """keep -> plan keeping `keep` of each group's ORIGINAL channels, best BN scales first.
+
+        The same fraction in every group, channels compared only within their
+        group; tracing and scoring happen once, so searching `keep` is cheap.
+        """
+        graph = trace(model, self._input(pixels))
+        groups = planners.select_groups(graph)
+        scores = planners.score_groups(model, groups, "bn_scale")
+
+        def plan_at(keep: float) -> Plan:
+            counts = {
+                g.index: round_keep(keep * self.groups0.get(g.name, g.size), g.size, round_to)
+                for g in groups
+            }
+            return planners.plan_from_counts(graph, scores, counts)
+
+        return plan_at
+
+    # -------------------------------------------------------------- fine-tune
+    def finetune(
+        self, model: nn.Module, pixels: int, epochs: int, subdir: str | None, **changes: Any
+    ) -> tuple[nn.Module, list[dict[str, Any]], dict[str, Any]]:
+        """Fine-tune at input size `pixels` (training and the trainer's evaluation)."""
+        with at_resolution(self.task.data, pixels):
+            return fit(self.task, model, subdir, epochs=epochs, **changes)
+
+    # --------------------------------------------------------- data collection
+    def _cached(self, name: str) -> tuple[Point, nn.Module | None] | None:
+        if self.cache is None or not (self.cache / f"{name}.json").exists():
+            return None
+        record = json.loads((self.cache / f"{name}.json").read_text())
+        if record.get("settings") != json.loads(json.dumps(self.settings())):
+            raise ConfigError(
+                f"{self.cache} holds points collected with other settings "
+                f"({record.get('settings')}); use another collect_dir"
+            )
+        model_file = self.cache / f"{name}.pt"
+        model = load(model_file, trust_pickle=True) if model_file.exists() else None
+        return Point(**record["point"]), model
+
+    def _store(self, name: str, p: Point, model: nn.Module | None) -> None:
+        if self.cache is None:
+            return
+        if model is not None:
+            save(model, self.cache / f"{name}.pt", meta={"dwr_point": asdict(p)})
+        record = {"point": asdict(p), "settings": self.settings()}
+        atomic_write_text(self.cache / f"{name}.json", json.dumps(record, indent=1))
+
+    def origin(self) -> Point:
+        """The unpruned model's point (1, 1, 1)."""
+        cached = self._cached("origin")
+        if cached is not None:
+            return cached[0]
+        p = self.point(self.model0, "origin", 0, self.r0, self.evaluate(self.model0, self.r0))
+        self._store("origin", p, None)
+        return p
+
+    def schedule(self, dim: str) -> list[int]:
+        """Blocks kept (depth), or pixels (resolution), or 0 for width, per round."""
+        o, T = self.opts, self.task.target
+        lo = T if dim == "depth" else math.sqrt(T)
+        values = [1.0 - n * (1.0 - lo) / o.rounds for n in range(1, o.rounds + 1)]
+        if dim == "width":
+            return [0] * o.rounds
+        full = len(self.blocks0) if dim == "depth" else self.r0
+        out, prev = [], full
+        for v in values:
+            n = min(prev - 1, round(v * full))  # every round removes something
+            if n < (0 if dim == "depth" else 1):
+                break
+            out.append(n)
+            prev = n
+        return out
+
+    def dimension(self, dim: str) -> list[Point]:
+        """Algorithm 1 along one dimension: prune a little more, fine-tune, record, repeat."""
+        if dim not in DIMS:
+            raise ConfigError(f"unknown dimension {dim!r}; choose from {DIMS}")
+        if dim == "depth" and not self.blocks0:
+            raise ConfigError(_NO_BLOCKS)
+        o, T = self.opts, self.task.target
+        model, pixels = self.model0, self.r0
+        points = []
+        for n, step in enumerate(self.schedule(dim), start=1):
+            name = f"{dim}_{n}"
+            cached = self._cached(name)
+            if cached is not None and cached[1] is not None:
+                p, model = cached
+                pixels = p.pixels
+                points.append(p)
+                continue
+            t0 = time.perf_counter()
+            if dim == "depth":
+                model, _ = self.prune_depth(model, step)
+            elif dim == "width":
+                keep = 1.0 - n * (1.0 - math.sqrt(T)) / o.rounds
+                model = prune(model, self.width_planner(model, pixels)(keep))
+            else:
+                pixels = step
+            self.say(f"{name}: fine-tuning {o.round_epochs} epoch(s) at {pixels} px")
+            changes = {} if o.round_lr is None else {"lr": o.round_lr}
+            model, _, final = self.finetune(model, pixels, o.round_epochs, f"collect/{name}",
+                                            **changes)  # fmt: skip
+            model.prunelab_input_size = (self.channels, pixels, pixels)
+            acc = self.evaluate(model, pixels)
+            p = self.point(model, dim, n, pixels, acc, test_top1=final.get("top1"),
+                           epochs=o.round_epochs, seconds=time.perf_counter() - t0)  # fmt: skip
+            self.say(f"{name}: d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} acc={acc:.2f}")
+            self._store(name, p, model)
+            points.append(p)
+        return points
+
+    def collect(self, dims: Sequence[str]) -> list[Point]:
+        """The origin plus every round of every dimension in `dims`."""
+        return [self.origin()] + [p for dim in dims for p in self.dimension(dim)]
+
+    # --------------------------------------------------------- final pruning
+    def _depth_order(self) -> tuple[list[str], dict[str, float]]:
+        scores = self.dbp(self.model0, self.blocks0)
+        return sorted(self.blocks0, key=lambda b: (scores[b], self.blocks0.index(b))), scores
+
+    def _closest_pixels(self, model: nn.Module, goal: float) -> int:
+        """Side length whose cost is closest to `goal` (cost grows with pixels)."""
+        lo, hi = 1, self.r0
+        if self.flops(model, hi) <= goal:
+            return hi
+        while hi - lo > 1:  # cost(lo) <= goal < cost(hi), or lo = 1
+            mid = (lo + hi) // 2
+            if self.flops(model, mid) <= goal:
+                lo = mid
+            else:
+                hi = mid
+        return min((lo, hi), key=lambda p: abs(self.flops(model, p) - goal))
+
+    def _fit_width(self, model: nn.Module, pixels: int, goal: float) -> tuple[Plan, float]:
+        """The same kept fraction in every group (BN scale within a group) meeting `goal`."""
+        o = self.opts
+        plan_at = self.width_planner(model, pixels, o.round_to)
+        full = plan_at(1.0)
+        if plan_cost(full).flops <= goal:
+            return full, 1.0
+
+        def cost(keep: float) -> tuple[Plan, int]:
+            plan = plan_at(keep)
+            return plan, plan_cost(plan).flops
+
+        lo, hi = 0.0, 1.0
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if mid > 0 and cost(mid)[1] <= goal:
+                lo = mid
+            else:
+                hi = mid
+        options = [(k, *cost(k)) for k in (lo, hi) if k > 0]
+        keep, plan, flops = min(options, key=lambda t: abs(t[2] - goal))
+        if abs(flops - goal) <= o.tolerance * goal:
+            return plan, keep
+        # Rounding leaves a gap: let the engine nudge single groups by one step.
+        graph = plan.graph
+        with contextlib.suppress(InfeasibleBudgetError):  # else keep the closest; reported
+            plan = planners.for_cost(
+                model, graph, goal / base_cost(graph).flops, criterion="bn_scale",
+                round_to=o.round_to, tolerance=o.tolerance,
+            )  # fmt: skip
+        return plan, keep
+
+    def build(
+        self, point: tuple[float, float, float], dims: Sequence[str]
+    ) -> tuple[nn.Module, int, dict[str, Any]]:
+        """Prune the trained model to about `point`, meeting the budget with the engine's count.
+
+        Depth and resolution come from the point; the width that meets
+        T x baseline FLOPs at that resolution is then searched. Without width,
+        resolution (or, alone, depth) absorbs the difference instead.
+        """
+        d, _, r = point
+        goal = self.task.target * self.base.flops
+        n = len(self.blocks0)
+        details: dict[str, Any] = {}
+        order: list[str] = []
+        if "depth" in dims:
+            order, scores = self._depth_order()
+            details["dbp_gain"] = scores
+
+        def depth_model(kept: int) -> nn.Module:
+            return remove_blocks(self.model0, order[: n - kept]) if kept < n else self.model0
+
+        kept = min(n, max(0, round(d * n))) if "depth" in dims else n
+        pixels = min(self.r0, max(1, round(r * self.r0))) if "resolution" in dims else self.r0
+        if dims == ["depth"]:
+            kept = min(range(n + 1), key=lambda k: abs(self.flops(depth_model(k), self.r0) - goal))
+        model = depth_model(kept)
+        if "width" in dims:
+            if "resolution" in dims:  # depth and resolution alone already too cheap: widen r
+                while pixels < self.r0 and self.flops(model, pixels) < goal * (
+                    1 - self.opts.tolerance
+                ):
+                    pixels += 1
+            plan, keep = self._fit_width(model, pixels, goal)
+            details["width_keep"] = keep
+            model = prune(model, plan)
+        elif "resolution" in dims:
+            pixels = self._closest_pixels(model, goal)
+        details["removed_blocks"] = order[: n - kept]
+        model.prunelab_input_size = (self.channels, pixels, pixels)
+        return model, pixels, details
+
+
+_NO_BLOCKS = (
+    "the model has no removable residual blocks (a block whose output is x + f(x) with an "
+    "identity shortcut); prune without 'depth' in dims"
+)
+
+
+@register_method
+class DWR(Method):
+    name = "dwr"
+    summary = (
+        "depth, width and resolution chosen together: data collection, polynomial accuracy "
+        "model, constrained optimum, DBP + BN-scale + resize, fine-tune"
+    )
+
+    @dataclass
+    class Options:
+        # Dimensions to prune; one alone is the single-dimension baseline (no model fitted).
+        dims: list[str] = field(default_factory=lambda: list(DIMS))
+        # Data collection rounds per dimension (paper: 4).
+        rounds: int = 4
+        # Fine-tune epochs after each collection round (paper: 40 CIFAR, 30 ImageNet).
+        round_epochs: int = 40
+        # Learning rate of the round fine-tunes (None: the task's train.lr).
+        round_lr: float | None = None
+        # Final fine-tune epochs (None: the task's train.epochs; paper: 80 CIFAR, 60 ImageNet).
+        final_epochs: int | None = None
+        # Accuracy model: polynomial degree K and rank R of the separable form (paper: 3, 1).
+        degree: int = 3
+        rank: int = 1
+        # "separable" (the paper's MAP) or "full" (sum of theta_ijk d^i w^j r^k, ridge).
+        model: str = "separable"
+        # Relative ridge of the fits (keeps high degrees determined on few points).
+        ridge: float = 1e-6
+        # Split the collected points' accuracy is measured on ("holdout" falls back to "test").
+        eval_split: str = "holdout"
+        # DBP: batches of `probe_split` for the linear probes (half fit, half scored).
+        probe_batches: int = 40
+        probe_split: str = "holdout"
+        # Kept-channel multiple of the final width step (1 = exact ratio, as the paper).
+        round_to: int = 1
+        # The final model's FLOPs must be within this relative distance of the target.
+        tolerance: float = 0.03
+        # Grid points per variable of the maximiser's check grid.
+        grid: int = 401
+        # Cache of collected points and models (None: <run_dir>/collect, or no cache).
+        collect_dir: str | None = None
+
+    def _check(self, task: PruneTask) -> list[str]:
+        o = self.options
+        dims = [d for d in DIMS if d in o.dims]
+        if not dims or len(dims) != len(o.dims):
+            raise ConfigError(f"dims must be distinct names from {DIMS}, got {o.dims}")
+        if task.metric != "flops":
+            raise ConfigError("dwr budgets FLOPs (d * w^2 * r^2 = T); use metric=flops")
+        if not 0 < task.target <= 1:
+            raise InfeasibleBudgetError(f"target must be in (0, 1], got {task.target}")
+        if o.rounds < 1 or o.round_epochs < 0 or o.degree < 1 or o.rank < 1:
+            raise ConfigError("rounds, degree and rank must be >= 1, round_epochs >= 0")
+        if o.model not in ("separable", "full"):
+            raise ConfigError(f"model must be 'separable' or 'full', got {o.model!r}")
+        if o.tolerance <= 0:
+            raise ConfigError(f"tolerance must be > 0, got {o.tolerance}")
+        return dims
+
+    def fit_model(self, x: np.ndarray, y: np.ndarray) -> SeparablePolynomial | FullPolynomial:
+        """The configured accuracy model fitted to points x (n, 3) and accuracies y."""
+        o = self.options
+        if o.model == "full":
+            return fit_full(x, y, o.degree, ridge=max(o.ridge, 1e-4))
+        return fit_separable(x, y, o.degree, o.rank, ridge=o.ridge, seed=0)
+
+    def run(self, task: PruneTask) -> PruneResult:
+        o = self.options
+        dims = self._check(task)
+        col = Collector(task, o)
+        if "depth" in dims and not col.blocks0:
+            raise ConfigError(_NO_BLOCKS)
+        info: dict[str, Any] = {"dims": dims, "eval_split": col.eval_split,
+                                "removable_blocks": col.blocks0}  # fmt: skip
+        t0 = time.perf_counter()
+        if len(dims) > 1:
+            points = col.collect(dims)
+            info["points"] = [asdict(p) for p in points]
+            info["collection"] = _collection_cost(points)
+            x = np.array([p.xyz for p in points])
+            y = np.array([p.accuracy / 100.0 for p in points])  # fit accuracy fractions
+            model_fn = self.fit_model(x, y)
+            info["accuracy_model"] = {
+                **model_fn.to_dict(),
+                "train_rmse": rmse(model_fn, x, y),
+                "loo_rmse": float(np.sqrt(np.mean(leave_one_out(self.fit_model, x, y) ** 2))),
+            }
+            optimum = maximize(model_fn, task.target, dims, o.grid)
+            info["optimum"] = optimum.to_dict()
+            target_point = optimum.point
+        else:
+            exps = {"depth": 1.0, "width": 2.0, "resolution": 2.0}
+            target_point = tuple(task.target ** (1 / exps[d]) if d in dims else 1.0 for d in DIMS)  # type: ignore[assignment]
+        col.say(f"target point d={target_point[0]:.3f} w={target_point[1]:.3f} "
+                f"r={target_point[2]:.3f}")  # fmt: skip
+        model, pixels, details = col.build(target_point, dims)
+        flops = col.flops(model, pixels)
+        achieved = flops / col.base.flops
+        within = abs(achieved - task.target) <= o.tolerance * task.target
+        if not within:
+            col.say(f"warning: final cost {achieved:.3f} of baseline FLOPs is not within "
+                    f"{o.tolerance:.0%} of the target {task.target} (blocks and pixels "
+                    "are discrete)")  # fmt: skip
+        final_epochs = task.train.epochs if o.final_epochs is None else o.final_epochs
+        col.say(f"final fine-tune: {final_epochs} epoch(s) at {pixels} px, "
+                f"{achieved:.3f} of baseline FLOPs")  # fmt: skip
+        model, history, final = col.finetune(model, pixels, final_epochs, "finetune")
+        model.prunelab_input_size = (col.channels, pixels, pixels)
+        d, w, r, kept = col.shape_of(model, pixels)
+        params = sum(p.numel() for p in model.parameters())
+        info.update({
+            "chosen": {"d": d, "w": w, "r": r, "pixels": pixels, "blocks_kept": kept},
+            "target_point": list(target_point),
+            "achieved_flops": achieved,
+            "achieved_params": params / col.base.params,
+            "within_tolerance": within,
+            "finetune": final,
+            "final_epochs": final_epochs,
+            "seconds": time.perf_counter() - t0,
+            **details,
+        })  # fmt: skip
+        return PruneResult(model, history, info)
+
+
+def _collection_cost(points: Sequence[Point]) -> dict[str, Any]:
+    rounds = [p for p in points if p.dim != "origin"]
+    return {
+        "models_finetuned": len(rounds),
+        "epochs": sum(p.epochs for p in rounds),
+        "seconds": sum(p.seconds for p in rounds),
+    }
