@@ -65,8 +65,9 @@ from prunelab.methods.dwr_model import (
     rmse,
 )
 from prunelab.methods.dwr_probe import dbp_importance
-from prunelab.methods.finetune import accuracy, fit
+from prunelab.methods.finetune import fit
 from prunelab.metrics import count
+from prunelab.train import distributed as D
 
 __all__ = ["DWR", "Collector", "Point"]
 
@@ -124,6 +125,14 @@ class Collector:
     def __init__(self, task: PruneTask, options: DWR.Options) -> None:
         self.task = task
         self.opts = options
+        # Under torchrun every rank runs the whole method; decisions must agree, so
+        # accuracies and DBP gains are reduced over ranks and rank 0 owns the cache.
+        self.dist = D.init_distributed()
+        self.device = (
+            torch.device("cuda", self.dist.local_rank)
+            if torch.cuda.is_available()
+            else torch.device("cpu")
+        )
         self.model0 = task.model.cpu().eval()
         c, h, w = task.data.effective_input_size
         if h != w:
@@ -171,10 +180,19 @@ class Collector:
                 total += self.groups0[g.name]
         return kept / total if total else 1.0
 
+    @torch.no_grad()
     def evaluate(self, model: nn.Module, pixels: int) -> float:
-        """Accuracy (percent) on the evaluation split at `pixels`."""
+        """Accuracy (percent) on the evaluation split at `pixels`, over all ranks' shards."""
+        model.to(self.device).eval()
+        correct = total = 0
         with at_resolution(self.task.data, pixels):
-            return accuracy(model, _loader(self.task.data, self.eval_split))
+            for x, y in _loader(self.task.data, self.eval_split):
+                pred = model(x.to(self.device)).argmax(dim=1).cpu()
+                correct += int((pred == y.cpu()).sum())
+                total += len(y)
+        model.cpu()
+        sums = D.all_gather_object((correct, total))
+        return 100.0 * sum(c for c, _ in sums) / max(1, sum(t for _, t in sums))
 
     def shape_of(self, model: nn.Module, pixels: int) -> tuple[float, float, float, int]:
         """(d, w, r, removable blocks kept) of a pruned model fed `pixels`-sized inputs."""
@@ -206,8 +224,11 @@ class Collector:
         if len(batches) < 2:
             raise ConfigError("DBP needs at least 2 probe batches (probe_batches, probe_split)")
         half = len(batches) // 2
-        return dbp_importance(model, list(blocks), batches[:half], batches[half:],
-                              self.task.data.num_classes)  # fmt: skip
+        gains = dbp_importance(model.to(self.device), list(blocks), batches[:half],
+                               batches[half:], self.task.data.num_classes)  # fmt: skip
+        model.cpu()
+        every = D.all_gather_object(gains)  # ranks probe different shards: average
+        return {b: sum(g[b] for g in every) / len(every) for b in blocks}
 
     def prune_depth(self, model: nn.Module, keep: int) -> tuple[nn.Module, dict[str, float]]:
         """Remove the least important blocks by DBP until `keep` original blocks remain."""
@@ -248,9 +269,13 @@ class Collector:
 
     # --------------------------------------------------------- data collection
     def _cached(self, name: str) -> tuple[Point, nn.Module | None] | None:
-        if self.cache is None or not (self.cache / f"{name}.json").exists():
+        if self.cache is None:
             return None
-        record = json.loads((self.cache / f"{name}.json").read_text())
+        path = self.cache / f"{name}.json"
+        record = json.loads(path.read_text()) if self.dist.is_main and path.exists() else None
+        record = D.broadcast_object(record)  # every rank takes the same branch
+        if record is None:
+            return None
         if record.get("settings") != json.loads(json.dumps(self.settings())):
             raise ConfigError(
                 f"{self.cache} holds points collected with other settings "
@@ -263,10 +288,12 @@ class Collector:
     def _store(self, name: str, p: Point, model: nn.Module | None) -> None:
         if self.cache is None:
             return
-        if model is not None:
-            save(model, self.cache / f"{name}.pt", meta={"dwr_point": asdict(p)})
-        record = {"point": asdict(p), "settings": self.settings()}
-        atomic_write_text(self.cache / f"{name}.json", json.dumps(record, indent=1))
+        if self.dist.is_main:  # the model first: a point's json means its model is there
+            if model is not None:
+                save(model, self.cache / f"{name}.pt", meta={"dwr_point": asdict(p)})
+            record = {"point": asdict(p), "settings": self.settings()}
+            atomic_write_text(self.cache / f"{name}.json", json.dumps(record, indent=1))
+        D.barrier()
 
     def origin(self) -> Point:
         """The unpruned model's point (1, 1, 1)."""
