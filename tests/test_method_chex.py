@@ -342,6 +342,16 @@ def test_resume_from_a_trainer_checkpoint(tmp_path):
     assert cb2.training_flops_ratio() == cb.training_flops_ratio()
 
 
+def test_step_unit_schedule_and_fixed_kappa():
+    model, graph, cb = _setup(unit="step", interval=2, kappa=0.5, delta0=0.2)
+    Trainer(model, _data(), _config(epochs=2, steps=3), callbacks=[cb]).fit()
+    assert cb.t_max == 4 and cb.done == [2, 4]  # round(0.72 * 6 steps)
+    assert [e["step"] for e in cb.timeline] == [0, 2, 4]
+    total = sum(graph.groups[g].size for g in cb.groups)
+    assert sum(cb.timeline[-1]["alive"]) == total - round(0.5 * total)  # channel sparsity 0.5
+    assert cb.kappa == pytest.approx(0.5, abs=1 / total)
+
+
 def test_bad_options_and_budgets_are_clear_errors():
     with pytest.raises(ConfigError, match="regrow"):
         get_method("chex")(regrow="maybe")
