@@ -200,6 +200,7 @@ class ChexCallback(Callback):
     def _initial_keep_fraction(self) -> float:
         """Kept fraction 1 - (kappa - delta0), kappa the uniform sparsity meeting the target."""
         if self.opts.kappa is not None:
+            self.kappa = self.opts.kappa
             return min(1.0, 1.0 - self.opts.kappa + self.opts.delta0)
         sizes = {gi: self.graph.groups[gi].size for gi in self.groups}
 
@@ -221,6 +222,7 @@ class ChexCallback(Callback):
         for _ in range(40):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if cost(mid) <= self.target else (lo, mid)
+        self.kappa = 1.0 - lo  # the uniform channel sparsity that meets the target
         return min(1.0, lo + self.opts.delta0)
 
     # ------------------------------------------------------------- hooks
