@@ -140,7 +140,8 @@ class BatchWhitening2d(nn.Module):
         self, corr: torch.Tensor | None = None, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Σ_N^{-1/2} per group (groups, g, g) for correlation `corr` (default: running)."""
-        corr = self.running_corr if corr is None else corr
+        # A copy: training updates the buffer in place, which would break graphs built on it.
+        corr = self.running_corr.clone() if corr is None else corr
         weight = self.weight if weight is None else weight
         gam = weight.view(self.groups, self.group_size)
         norm = (gam * gam).sum(1).clamp_min(1e-12).view(-1, 1, 1)

@@ -1,0 +1,482 @@
+"""BWCP: probabilistic learning-to-prune channels via batch whitening (Shao et al.).
+
+Trains and prunes from scratch in one pass:
+
+1. every BatchNorm2d becomes a `BatchWhitening2d` (BW) layer;
+2. each channel gets an activation probability from the layer's equivalent
+   scale and shift γ̂ = Σ_N^{-1/2}γ, β̂ = Σ_N^{-1/2}β:
+   P = ½(1 + erf((β̂ − δ) / (√2 |γ̂|))), the chance that the channel's
+   output passes a ReLU (δ = 0.05);
+3. in training each channel is multiplied by a soft mask sampled from P by
+   binary Gumbel-softmax (temperature 0.5); in evaluation by 1[P > 0.5];
+4. a sparsity loss Σ λ1|γ| + λ2 β over the masked layers pushes channels off
+   (β without absolute value: pushed negative), after `warmup_epochs`;
+5. channels added by a residual connection share one mask: the engine
+   ties a residual stage into one channel group, and every layer of the
+   group is multiplied by the product of the group's masks (the paper's
+   "shortcut and last layer share the product" rule applied to the whole
+   stage), so the added channels stay aligned and can be removed together;
+6. the result is folded and exported (`bwcp_export`): a plain conv model.
+
+Beyond the paper: with `target_control` the task's cost target is met
+without a hand search over λ. Every `control_every` steps the hard-mask
+model's cost is measured and the sparsity weights are multiplied by
+exp(rate · (cost/target − 1)) (a multiplicative update of the multiplier
+λ1, λ2 keeping its ratio to λ1), until the cost is within `tolerance` of
+the target. If training ends outside it, the hard-mask threshold is moved
+from 0.5 to the one meeting the target (reported in `info`).
+
+Implementation choice: the probabilities of a step are computed before the
+forward pass from each layer's parameters and *running* correlation (the
+batch correlation is only known once the layer has run, but a residual
+stage's shared mask is needed by its first layer). Gradients reach γ and β
+through P, including through Σ_N's dependence on γ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from prunelab.errors import ConfigError, InfeasibleBudgetError, PrunelabError
+from prunelab.graph import ChannelGraph, trace
+from prunelab.graph.cost import base_cost, cost_of_masks
+from prunelab.layers import BatchWhitening2d, convert_batchnorm
+from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
+from prunelab.methods.bwcp_export import conv_bn_pairs, fold_and_prune
+from prunelab.methods.finetune import accuracy, batches, fit
+from prunelab.metrics import count
+from prunelab.train import Callback, Trainer
+from prunelab.train import distributed as D
+
+SAMPLING = ("gumbel", "hard_st", "none")
+
+
+def activation_probability(
+    gamma_hat: torch.Tensor, beta_hat: torch.Tensor, delta: float = 0.05
+) -> torch.Tensor:
+    """P(γ̂ z + β̂ > δ) for z ~ N(0, 1): ½(1 + erf((β̂ − δ) / (√2 |γ̂|)))."""
+    denom = math.sqrt(2.0) * gamma_hat.abs().clamp_min(1e-8)
+    return 0.5 * (1.0 + torch.erf((beta_hat - delta) / denom))
+
+
+def gumbel_soft_mask(p: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Binary Gumbel-softmax sample of a keep mask with keep probability `p`.
+
+    softmax over (keep, drop) of (log p + g1, log(1 − p) + g2) / τ with Gumbel
+    noise, i.e. sigmoid((logit p + logistic noise) / τ); as τ -> 0 it becomes a
+    hard Bernoulli(p) sample.
+    """
+    q = p.clamp(1e-6, 1 - 1e-6)
+    u = torch.rand_like(q).clamp(1e-6, 1 - 1e-6)
+    noise = torch.log(u) - torch.log1p(-u)
+    return torch.sigmoid((torch.log(q) - torch.log1p(-q) + noise) / temperature)
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module  # BatchWhitening2d, or BatchNorm2d when not whitened
+    group: int
+    positions: torch.Tensor  # channels of the layer in the group
+    units: torch.Tensor  # the group unit of each of those channels
+
+
+class ChannelGates:
+    """Activation probabilities and masks of a model's norm layers, shared per channel group.
+
+    Installs one forward pre-hook on the model that computes every mask of the
+    step (soft in training, hard in evaluation) and hands each layer its
+    channel mask: BW layers take it as `output_scale` (free), plain BN layers
+    through a forward hook. `remove()` takes the hooks away.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ChannelGraph,
+        names: Iterable[str],
+        delta: float = 0.05,
+        temperature: float = 0.5,
+        sampling: str = "gumbel",
+        shortcuts: bool = True,
+    ) -> None:
+        self.model, self.graph = model, graph
+        self.delta, self.temperature, self.sampling = delta, temperature, sampling
+        self.threshold = 0.5
+        self.enabled = True
+        self.layers: list[_Layer] = []
+        self.pairs: dict[str, str] = {}  # norm layer -> the convolution feeding it
+        self.skipped: list[str] = []
+        for name in names:
+            group = graph.group_of(name)
+            if not group.prunable or (group.coupled and not shortcuts):
+                self.skipped.append(name)
+                continue
+            for m in group.members:
+                if m.module == name and m.role == "norm" and m.param == "weight":
+                    mod = model.get_submodule(name)
+                    self.layers.append(_Layer(name, mod, group.index, m.positions, m.units))
+        self.groups = sorted({layer.group for layer in self.layers})
+        self._masks: dict[str, torch.Tensor] = {}
+        self._names = {id(layer.module): layer.name for layer in self.layers}
+        self._handles = [model.register_forward_pre_hook(self._before_forward)]
+        for layer in self.layers:
+            if not isinstance(layer.module, BatchWhitening2d):
+                self._handles.append(layer.module.register_forward_hook(self._mask_output))
+
+    # ------------------------------------------------------------ probabilities
+    def layer_probability(self, layer: _Layer, whitened: bool = True) -> torch.Tensor:
+        """P of each channel; `whitened=False` uses γ, β alone (what BN would give)."""
+        mod = layer.module
+        if whitened and isinstance(mod, BatchWhitening2d):
+            gam, bet = mod.equivalent_affine()
+        else:
+            gam, bet = mod.weight, mod.bias
+        return activation_probability(gam, bet, self.delta)
+
+    def probabilities(self, whitened: bool = True) -> dict[str, torch.Tensor]:
+        return {layer.name: self.layer_probability(layer, whitened) for layer in self.layers}
+
+    def _combine(self, per_layer: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Product over each group's layers of their per-channel values, by unit."""
+        out: dict[int, torch.Tensor] = {}
+        for layer in self.layers:
+            values = per_layer[layer.name][layer.positions]
+            size = self.graph.groups[layer.group].size
+            spread = torch.ones(size, dtype=values.dtype, device=values.device)
+            spread = spread.index_put((layer.units.to(values.device),), values)
+            prev = out.get(layer.group)
+            out[layer.group] = spread if prev is None else prev * spread
+        return out
+
+    def unit_probabilities(self) -> dict[int, torch.Tensor]:
+        """Keep probability of each group unit: the product over the group's layers."""
+        with torch.no_grad():
+            return {g: p.cpu() for g, p in self._combine(self.probabilities()).items()}
+
+    @torch.no_grad()
+    def hard_unit_masks(self, threshold: float | None = None) -> dict[int, torch.Tensor]:
+        """1[P > threshold] per unit, AND over the group's layers; never empties a group."""
+        t = self.threshold if threshold is None else threshold
+        probs = self.probabilities()
+        hard = {n: (p > t).to(p.dtype) for n, p in probs.items()}
+        masks = {g: m.cpu().bool() for g, m in self._combine(hard).items()}
+        joint = self._combine(probs)
+        for g, m in masks.items():
+            if not m.any():  # keep the group's most probable unit
+                m[int(torch.argmax(joint[g]))] = True
+        return masks
+
+    def channel_masks(self, unit_masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each layer's channel mask from unit masks (1 where a channel has no unit).
+
+        Differentiable in the unit masks (soft masks in training).
+        """
+        out = {}
+        for layer in self.layers:
+            ref = layer.module.weight
+            unit = unit_masks[layer.group].to(device=ref.device, dtype=ref.dtype)
+            ones = torch.ones(ref.shape[0], dtype=ref.dtype, device=ref.device)
+            idx = layer.positions.to(ref.device)
+            out[layer.name] = ones.index_put((idx,), unit[layer.units.to(ref.device)])
+        return out
+
+    # -------------------------------------------------------------------- masks
+    def _sample(self) -> dict[str, torch.Tensor]:
+        probs = self.probabilities()
+        if self.sampling == "gumbel":
+            per = {n: gumbel_soft_mask(p, self.temperature) for n, p in probs.items()}
+        else:  # "hard_st": 1[P > 0.5] forward, gradient of P backward
+            per = {n: (p > 0.5).to(p.dtype) + p - p.detach() for n, p in probs.items()}
+        return self.channel_masks(self._combine(per))
+
+    def _before_forward(self, module: nn.Module, args: Any) -> None:
+        if not self.enabled or (module.training and self.sampling == "none"):
+            masks: dict[str, torch.Tensor] = {}
+        elif module.training:
+            masks = self._sample()
+        else:
+            masks = self.channel_masks(self.hard_unit_masks())
+        self._masks = masks
+        for layer in self.layers:
+            if isinstance(layer.module, BatchWhitening2d):
+                layer.module.output_scale = masks.get(layer.name)
+
+    def _mask_output(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        mask = self._masks.get(self._names[id(module)])
+        return output if mask is None else output * mask.view(1, -1, 1, 1)
+
+    def remove(self) -> None:
+        """Take the hooks and output scales away (the model computes unmasked again)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for layer in self.layers:
+            if isinstance(layer.module, BatchWhitening2d):
+                layer.module.output_scale = None
+
+    # ----------------------------------------------------------------- loss/cost
+    def sparsity_loss(self, lambda1: float, lambda2: float) -> torch.Tensor:
+        """Σ over masked layers of λ1 |γ| + λ2 β."""
+        terms = [
+            lambda1 * layer.module.weight.abs().sum() + lambda2 * layer.module.bias.sum()
+            for layer in self.layers
+        ]
+        return torch.stack(terms).sum()
+
+    def hard_ratio(self, metric: str, threshold: float | None = None) -> float:
+        """Cost of the hard-mask model as a fraction of the dense model's."""
+        cost = cost_of_masks(self.graph, self.hard_unit_masks(threshold))
+        return cost[metric] / base_cost(self.graph)[metric]
+
+    def expected_ratio(self, metric: str) -> float:
+        """Expected cost fraction with every unit kept with its probability."""
+        return expected_cost(self.graph, self.unit_probabilities())[metric] / float(
+            base_cost(self.graph)[metric]
+        )
+
+
+def expected_cost(graph: ChannelGraph, keep_prob: dict[int, torch.Tensor]) -> dict[str, float]:
+    """FLOPs (MACs) and parameters with unit u of group g kept with probability keep_prob[g][u].
+
+    The analytic cost of `prunelab.graph.cost` on fractional widths: each
+    tensor dimension shrinks by the expected number of removed positions.
+    """
+    shapes = {k: [float(v) for v in s] for k, s in graph.param_shapes.items()}
+    for gi, q in keep_prob.items():
+        for m in graph.groups[gi].members:
+            shapes[(m.module, m.param)][m.dim] -= float((1.0 - q[m.units]).sum())
+    flops = 0.0
+    for layer in graph.layers.values():
+        w = shapes[(layer.module, "weight")]
+        flops += layer.out_spatial * w[0] * w[1] * layer.kernel
+    params = sum(math.prod(s) for k, s in shapes.items() if k not in graph.buffer_keys)
+    return {"flops": flops, "params": float(params)}
+
+
+@dataclass
+class BWCPOptions:
+    """BWCP options; defaults are the paper's CIFAR-10 values."""
+
+    lambda1: float = 4e-5  # weight of Σ|γ| (CIFAR-100: 7e-6, ImageNet: 7e-5)
+    lambda2: float = 8e-5  # weight of Σβ (CIFAR-100: 1.4e-5, ImageNet: 3.5e-5)
+    warmup_epochs: float = 0.0  # epochs trained without the sparsity loss (ImageNet: 20)
+    delta: float = 0.05  # activation threshold in P = P(γ̂ z + β̂ > δ)
+    temperature: float = 0.5  # Gumbel-softmax temperature
+    sampling: str = "gumbel"  # "gumbel"; "hard_st" (straight-through 1[P>0.5]); "none"
+    whiten: bool = True  # False: keep batch norm (the "without BW" ablation)
+    group_size: int = 16  # channels whitened together
+    iterations: int = 5  # Newton iterations T
+    momentum: float = 0.1  # of the running estimates
+    shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
+    target_control: bool = False  # adapt λ so the hard-mask model meets task.target
+    control_every: int = 50  # steps between λ updates
+    control_rate: float = 0.5  # η in λ <- λ exp(η (cost/target − 1))
+    tolerance: float = 0.02  # relative distance to the target that counts as met
+    max_scale: float = 1e4  # bounds of the λ multiplier
+    enforce_target: bool = True  # move the hard threshold if training ends off target
+
+    def validate(self) -> None:
+        if self.sampling not in SAMPLING:
+            raise ConfigError(f"bwcp sampling={self.sampling!r}: choose one of {SAMPLING}")
+        for name in ("lambda1", "lambda2", "warmup_epochs", "delta"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ConfigError(f"bwcp temperature must be > 0, got {self.temperature}")
+        if self.group_size < 1 or self.iterations < 1 or self.control_every < 1:
+            raise ConfigError("bwcp group_size, iterations and control_every must be >= 1")
+        if not 0 < self.momentum <= 1:
+            raise ConfigError(f"bwcp momentum must be in (0, 1], got {self.momentum}")
+        if not 0 < self.tolerance < 1 or self.control_rate <= 0 or self.max_scale < 1:
+            raise ConfigError("bwcp needs 0 < tolerance < 1, control_rate > 0, max_scale >= 1")
+
+
+class BWCPCallback(Callback):
+    """Sparsity loss after warm-up, and the multiplier update that steers cost to a target."""
+
+    def __init__(
+        self, gates: ChannelGates, options: BWCPOptions, target: float | None, metric: str
+    ) -> None:
+        self.gates, self.opts, self.target, self.metric = gates, options, target, metric
+        self.scale = 1.0
+        self.steps = 0
+        self.ratio = float("nan")
+        self.timeline: list[list[float]] = []  # [step, hard ratio, scale]
+
+    def _active(self, trainer: Trainer) -> bool:
+        return trainer.global_step >= self.opts.warmup_epochs * trainer.steps_per_epoch
+
+    def extra_loss(
+        self, trainer: Trainer, outputs: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor | None:
+        o = self.opts
+        if not self._active(trainer) or (o.lambda1 == 0 and o.lambda2 == 0):
+            return None
+        return self.gates.sparsity_loss(self.scale * o.lambda1, self.scale * o.lambda2)
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.steps += 1
+        if self.target is None or not self._active(trainer):
+            return
+        if self.steps % self.opts.control_every == 0:
+            self.control(trainer.dist.world_size, trainer.global_step)
+
+    def control(self, world_size: int = 1, step: int = 0) -> None:
+        """One multiplier update from the hard-mask cost (averaged over ranks)."""
+        assert self.target is not None
+        ratio = torch.tensor([self.gates.hard_ratio(self.metric)], dtype=torch.float64)
+        self.ratio = float(D.all_reduce_sum(ratio)) / world_size
+        error = self.ratio / self.target - 1.0
+        if abs(error) > self.opts.tolerance:
+            s = self.scale * math.exp(self.opts.control_rate * error)
+            self.scale = min(max(s, 1.0 / self.opts.max_scale), self.opts.max_scale)
+        self.timeline.append([step, self.ratio, self.scale])
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        probs = self.gates.unit_probabilities()
+        kept = sum(int(m.sum()) for m in self.gates.hard_unit_masks().values())
+        total = sum(int(p.numel()) for p in probs.values())
+        trainer.log(
+            bwcp_scale=self.scale,
+            bwcp_hard_flops=self.gates.hard_ratio("flops"),
+            bwcp_expected_flops=self.gates.expected_ratio("flops"),
+            bwcp_kept_units=kept / max(total, 1),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale, "steps": self.steps, "timeline": self.timeline}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale = float(state["scale"])
+        self.steps = int(state["steps"])
+        self.timeline = [list(t) for t in state.get("timeline", [])]
+
+
+def threshold_for_target(gates: ChannelGates, metric: str, target: float) -> float:
+    """The hard-mask threshold whose cost is closest to `target` (bisection; cost falls with it)."""
+    lo, hi = 1e-6, 1.0 - 1e-6
+    best, best_gap = 0.5, abs(gates.hard_ratio(metric, 0.5) - target)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        ratio = gates.hard_ratio(metric, mid)
+        if abs(ratio - target) < best_gap:
+            best, best_gap = mid, abs(ratio - target)
+        if ratio > target:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> ChannelGates:
+    """Trace `model`, swap its BNs for BW layers (in place) and install the gates."""
+    model.eval()
+    graph = trace(model, example)
+    pairs = conv_bn_pairs(model)
+    whiten = [
+        bn
+        for bn, conv in pairs.items()
+        if opts.whiten and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
+    ]
+    convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
+    gates = ChannelGates(
+        model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts
+    )
+    gates.pairs = pairs
+    return gates
+
+
+@register_method
+class BWCP(Method):
+    name = "bwcp"
+    summary = "batch whitening + Gumbel-softmax channel masks from activation probabilities"
+    trains_from_scratch = True
+    Options = BWCPOptions
+
+    def run(self, task: PruneTask) -> PruneResult:
+        opts: BWCPOptions = self.options
+        opts.validate()
+        if task.train.epochs < 1:
+            raise ConfigError("bwcp prunes while training: train.epochs must be >= 1")
+        if opts.target_control and not 0 < task.target <= 1:
+            raise InfeasibleBudgetError(f"target must be a fraction in (0, 1], got {task.target}")
+        x = task.example_input
+        model = task.model.cpu()
+        gates = prepare(model, x, opts)
+        target = task.target if opts.target_control else None
+        cb = BWCPCallback(gates, opts, target, task.metric)
+        # BW is written for NCHW tensors; channels_last would only add conversions.
+        model, history, final = fit(task, model, "bwcp", [cb], channels_last="off")
+        return finish(task, model, gates, cb, opts, history, final)
+
+
+def finish(
+    task: PruneTask,
+    model: nn.Module,
+    gates: ChannelGates,
+    cb: BWCPCallback,
+    opts: BWCPOptions,
+    history: list[dict[str, Any]],
+    final: dict[str, Any],
+) -> PruneResult:
+    """Fix the hard masks (moving the threshold if the target was missed), export, check."""
+    model.eval()
+    x = task.example_input
+    controller_ratio = gates.hard_ratio(task.metric)
+    info: dict[str, Any] = {"controller_ratio": controller_ratio, "threshold": 0.5}
+    top1 = final.get("top1")
+    off = abs(controller_ratio / task.target - 1.0) > opts.tolerance
+    if opts.target_control and opts.enforce_target and off:
+        gates.threshold = threshold_for_target(gates, task.metric, task.target)
+        info["threshold"] = gates.threshold
+        top1 = accuracy(model, task.data.test)
+    if opts.sampling == "none":  # no masks in training: also report the unmasked network
+        gates.enabled = False
+        info["unmasked_top1"] = accuracy(model, task.data.test)
+        gates.enabled = True
+    check = next(iter(batches(task, 1, "test")), (x, None))[0][:32]
+    unit_masks = gates.hard_unit_masks()
+    channel_masks = {k: v.cpu() for k, v in gates.channel_masks(unit_masks).items()}
+    probs = {k: v.detach().cpu() for k, v in gates.probabilities().items()}
+    probs_bn = {k: v.detach().cpu() for k, v in gates.probabilities(whitened=False).items()}
+    with torch.no_grad():
+        reference = model(check)
+    gates.remove()
+    pruned = fold_and_prune(model, gates.pairs, channel_masks, x)
+    with torch.no_grad():
+        diff = float((pruned(check) - reference).abs().max())
+    if diff > 1e-4 * max(1.0, float(reference.abs().max())):
+        raise PrunelabError(f"bwcp: exported model differs from the masked one by {diff:.3g}")
+    small = count(pruned, x)
+    base = base_cost(gates.graph)
+    info.update(
+        target=task.target if opts.target_control else None,
+        metric=task.metric,
+        eval_top1=top1,
+        achieved_flops=small.flops / base.flops,
+        achieved_params=small.params / base.params,
+        expected_flops=gates.expected_ratio("flops"),
+        export_max_diff=diff,
+        export_reference_max=float(reference.abs().max()),
+        lambda_scale=cb.scale,
+        lambda1=cb.scale * opts.lambda1,
+        lambda2=cb.scale * opts.lambda2,
+        control_timeline=cb.timeline,
+        kept={gates.graph.groups[g].name: int(m.sum()) for g, m in unit_masks.items()},
+        sizes={gates.graph.groups[g].name: gates.graph.groups[g].size for g in unit_masks},
+        unmasked_layers=gates.skipped,
+        probabilities={k: v.tolist() for k, v in probs.items()},
+        probabilities_bn={k: v.tolist() for k, v in probs_bn.items()},
+        final=final,
+        options=dict(vars(opts)),
+        pruned_flops=small.flops,
+        dense_flops=base.flops,
+    )
+    return PruneResult(pruned, history, info)

@@ -1,0 +1,156 @@
+"""BWCP export: fold whitening into the convolutions, drop masked channels, get a plain model.
+
+A BW layer in evaluation mode is an affine map of its input, y = m ⊙ (A x + b)
+with A block-diagonal (`BatchWhitening2d.affine`) and m the hard channel mask.
+Its input is the output of one convolution, so A goes into that
+convolution's filters (W' = A W) and the shift b into a BatchNorm2d with
+identity statistics (running mean 0, running variance 1 − ε, weight 1): a
+convolution without a bias never gains one, and the model keeps the zoo
+architecture, so `prunelab.save`/`load` rebuild it from its recipe. Masked
+channels then output exactly zero and the engine removes them physically.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from prunelab.errors import UnsupportedModelError
+from prunelab.graph import ChannelGraph, Plan, prune, trace
+from prunelab.layers import BatchWhitening2d
+
+__all__ = ["conv_bn_pairs", "fold_and_prune", "unit_masks_from_channels"]
+
+
+def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """Every BatchNorm2d (or BatchWhitening2d) of `model` -> the convolution feeding it.
+
+    BWCP folds each whitening layer into the convolution before it, so every
+    norm layer must be called once, directly on the output of a convolution
+    that feeds nothing else (conv-BN models: CIFAR ResNets, VGG, MobileNetV2,
+    torchvision ResNets). Pre-activation blocks (BN before the conv) raise
+    UnsupportedModelError naming the layer.
+    """
+    norms = (nn.BatchNorm2d, BatchWhitening2d)
+    mods = dict(model.named_modules())
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # fx raises many kinds
+        raise UnsupportedModelError(
+            "python control flow", type(model).__name__, f"bwcp: torch.fx cannot trace it: {exc}"
+        ) from exc
+    pairs: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), norms):
+            continue
+        name = str(node.target)
+        src = node.args[0] if node.args else None
+        ok = (
+            isinstance(src, fx.Node)
+            and src.op == "call_module"
+            and isinstance(mods.get(src.target), nn.Conv2d)
+            and len(src.users) == 1
+        )
+        if not ok or name in pairs:
+            raise UnsupportedModelError(
+                "norm layer not right after a convolution",
+                name,
+                "bwcp folds each whitening layer into the convolution that feeds it "
+                "(conv -> BN, the conv used only there, the BN called once)",
+            )
+        pairs[name] = str(src.target)
+    missing = sorted(n for n, m in mods.items() if isinstance(m, norms) and n not in pairs)
+    if missing:
+        raise UnsupportedModelError(
+            "norm layer outside the traced graph", missing[0], "bwcp needs every BN in forward"
+        )
+    return pairs
+
+
+class _LeafTracer(fx.Tracer):
+    """fx tracer that does not look inside BW layers (their shape checks are Python)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, BatchWhitening2d) or super().is_leaf_module(m, qualname)
+
+
+def unit_masks_from_channels(
+    graph: ChannelGraph, channel_masks: Mapping[str, torch.Tensor]
+) -> dict[int, torch.Tensor]:
+    """Per-group unit masks from per-norm-layer channel masks (a unit stays if all keep it)."""
+    keep: dict[int, torch.Tensor] = {}
+    for name, mask in channel_masks.items():
+        group = graph.group_of(name)
+        unit_keep = keep.setdefault(group.index, torch.ones(group.size, dtype=torch.bool))
+        for m in group.members:
+            if m.module == name and m.role == "norm" and m.param == "weight":
+                unit_keep[m.units] &= mask.bool().cpu()[m.positions]
+    return keep
+
+
+def _block_diag_times(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(blockdiag(A) @ rows) for A (groups, g, g) and rows (C, ...)."""
+    groups, g, _ = a.shape
+    flat = rows.reshape(groups, g, -1)
+    return (a @ flat).reshape(rows.shape)
+
+
+def _identity_bn(layer: BatchWhitening2d, shift: torch.Tensor) -> nn.BatchNorm2d:
+    """A BatchNorm2d that computes x + shift in evaluation mode."""
+    ref = layer.weight
+    bn = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
+    bn.to(device=ref.device, dtype=ref.dtype)
+    bn.weight.fill_(1.0)
+    bn.bias.copy_(shift)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - layer.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
+    bn.num_batches_tracked.copy_(layer.num_batches_tracked)
+    return bn
+
+
+@torch.no_grad()
+def fold_and_prune(
+    model: nn.Module,
+    pairs: Mapping[str, str],
+    channel_masks: Mapping[str, torch.Tensor],
+    example_input: torch.Tensor,
+) -> nn.Module:
+    """The plain, physically pruned model computing what `model` computes in eval mode.
+
+    `model` must carry no mask hooks (the masks are given here instead):
+    `channel_masks[name]` is the 0/1 keep mask of norm layer `name` (missing:
+    keep all). BW layers are folded into their convolutions; plain BN layers
+    get the mask multiplied into their scale and shift. The input model is
+    not changed.
+    """
+    out = copy.deepcopy(model).eval()
+    for bn_name, conv_name in pairs.items():
+        layer = out.get_submodule(bn_name)
+        mask = channel_masks.get(bn_name)
+        scale = None if mask is None else mask.to(layer.weight.dtype).to(layer.weight.device)
+        if isinstance(layer, BatchWhitening2d):
+            conv = out.get_submodule(conv_name)
+            a, shift = layer.affine(scale)
+            if layer.group_size > 1 and conv.groups != 1:
+                raise UnsupportedModelError(
+                    "whitening after a grouped convolution", bn_name, "use group_size 1 there"
+                )
+            conv.weight.copy_(_block_diag_times(a, conv.weight))
+            if conv.bias is not None:  # fold the bias through A into the shift
+                shift = shift + _block_diag_times(a, conv.bias)
+                conv.bias.zero_()
+            out.set_submodule(bn_name, _identity_bn(layer, shift))
+        elif scale is not None:
+            layer.weight.mul_(scale)
+            layer.bias.mul_(scale)
+    out.eval()  # the new BatchNorm2d layers start in training mode
+    if not channel_masks:
+        return out
+    graph = trace(out, example_input)
+    keep = unit_masks_from_channels(graph, channel_masks)
+    plan = Plan.from_masks(graph, {g: k for g, k in keep.items() if not bool(k.all())})
+    return prune(out, plan).eval()

@@ -1,0 +1,295 @@
+"""BWCP: activation probabilities, Gumbel masks, residual mask sharing, cost control, export."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import prunelab
+from prunelab.data import build_data
+from prunelab.errors import ConfigError, UnsupportedModelError
+from prunelab.graph.cost import base_cost, cost_of_masks
+from prunelab.layers import BatchWhitening2d
+from prunelab.methods import PruneTask, get_method
+from prunelab.methods.bwcp import (
+    BWCPCallback,
+    BWCPOptions,
+    ChannelGates,
+    activation_probability,
+    expected_cost,
+    gumbel_soft_mask,
+    prepare,
+    threshold_for_target,
+)
+from prunelab.methods.bwcp_export import conv_bn_pairs, fold_and_prune
+from prunelab.train import TrainConfig
+
+X = torch.zeros(1, 3, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors: one thread is faster and does not fight other jobs on a loaded machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _bwcp_model(name: str = "resnet20", seed: int = 0, **opts: object) -> tuple:
+    """A converted model with varied γ, β and trained running statistics."""
+    torch.manual_seed(seed)
+    model = prunelab.create(name)
+    gates = prepare(model, X, BWCPOptions(**opts))  # type: ignore[arg-type]
+    with torch.no_grad():
+        for layer in gates.layers:
+            layer.module.weight.uniform_(0.3, 1.5)
+            layer.module.bias.normal_(0.2, 0.6)
+    gates.enabled = False
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32))
+    gates.enabled = True
+    return model.eval(), gates
+
+
+# ------------------------------------------------------------------ formulas
+def test_activation_probability_is_the_erf_formula() -> None:
+    gamma = torch.tensor([1.0, -2.0, 0.5, 3.0, 1e-12])
+    beta = torch.tensor([0.0, 1.0, -0.3, 0.05, 0.2])
+    delta = 0.05
+    p = activation_probability(gamma, beta, delta)
+    for g, b, got in zip(gamma.tolist(), beta.tolist(), p.tolist(), strict=True):
+        # P(γ z + β > δ) for z ~ N(0, 1) is Φ((β − δ) / |γ|)
+        z = (b - delta) / max(abs(g), 1e-8)
+        assert got == pytest.approx(0.5 * (1 + math.erf(z / math.sqrt(2))), abs=1e-6)
+    assert p[3] == pytest.approx(0.5)  # β = δ sits on the boundary
+    assert p[4] == pytest.approx(1.0)  # γ -> 0: deterministic
+
+
+def test_whitened_probability_uses_the_equivalent_affine() -> None:
+    _model, gates = _bwcp_model()
+    layer = gates.layers[3]
+    assert isinstance(layer.module, BatchWhitening2d)
+    gam, bet = layer.module.equivalent_affine()
+    expected = activation_probability(gam, bet, gates.delta)
+    assert torch.allclose(gates.layer_probability(layer), expected)
+    plain = activation_probability(layer.module.weight, layer.module.bias, gates.delta)
+    assert torch.allclose(gates.layer_probability(layer, whitened=False), plain)
+    assert not torch.allclose(expected, plain)
+
+
+def test_gumbel_masks_tend_to_hard_masks_as_temperature_falls() -> None:
+    torch.manual_seed(0)
+    p = torch.tensor([0.1, 0.5, 0.9]).repeat(4000, 1)
+    cold = gumbel_soft_mask(p, 1e-5)
+    assert float((torch.minimum(cold, 1 - cold) < 1e-2).float().mean()) > 0.999  # 0 or 1
+    assert torch.allclose(cold.mean(0), torch.tensor([0.1, 0.5, 0.9]), atol=0.03)  # Bernoulli(P)
+    warm = gumbel_soft_mask(p, 0.5)
+    softness = [float(torch.minimum(m, 1 - m).mean()) for m in (cold, warm, gumbel_soft_mask(p, 5))]
+    assert softness == sorted(softness)  # softer as τ grows
+    p.requires_grad_()
+    gumbel_soft_mask(p, 0.5).sum().backward()
+    assert p.grad is not None and bool((p.grad >= 0).all()) and float(p.grad.mean()) > 0
+
+
+def test_hard_masks_threshold_probabilities_at_one_half() -> None:
+    _model, gates = _bwcp_model(shortcuts=False)
+    probs = gates.probabilities()
+    masks = gates.channel_masks(gates.hard_unit_masks())
+    for layer in gates.layers:
+        expected = (probs[layer.name] > 0.5).float()
+        if expected.any():
+            assert torch.equal(masks[layer.name], expected)
+
+
+def test_sparsity_loss_formula() -> None:
+    _model, gates = _bwcp_model()
+    got = gates.sparsity_loss(1e-3, 2e-3)
+    want = sum(
+        1e-3 * float(layer.module.weight.detach().abs().sum())
+        + 2e-3 * float(layer.module.bias.detach().sum())
+        for layer in gates.layers
+    )
+    assert float(got.detach()) == pytest.approx(want, rel=1e-5)
+
+
+# ------------------------------------------------------------- mask sharing
+def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> None:
+    model, gates = _bwcp_model(sampling="hard_st")
+    coupled = [g for g in gates.graph.groups if g.coupled and g.index in gates.groups]
+    assert len(coupled) == 3  # the three residual stages of ResNet-20
+    stage1 = next(g for g in coupled if "layer1.0.bn2" in g.norms)
+    assert {"bn1", "layer1.0.bn2", "layer1.1.bn2", "layer1.2.bn2"} <= set(stage1.norms)
+    outputs: dict[str, torch.Tensor] = {}
+    hooks = [
+        model.get_submodule(n).register_forward_hook(
+            lambda m, a, out, n=n: outputs.__setitem__(n, out.detach())
+        )
+        for n in ("layer1.0", "layer1.1", "layer1.2", "bn1")
+    ]
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        model(torch.randn(8, 3, 32, 32))
+        masks = gates._masks
+        for group in coupled:
+            members = [masks[n] for n in group.norms]
+            assert all(torch.equal(members[0], m) for m in members[1:])
+        shared = masks["layer1.0.bn2"]
+        off = shared == 0
+        assert off.any() and (~off).any()
+        # The product of the stage's own masks, so a channel survives only if all keep it.
+        assert torch.equal(shared.bool(), shared.bool() & masks["bn1"].bool())
+        for name in ("bn1", "layer1.0", "layer1.1", "layer1.2"):
+            assert float(outputs[name][:, off].abs().max()) == 0.0  # the stream is zero there
+    for h in hooks:
+        h.remove()
+
+
+def test_unmasked_shortcuts_option_leaves_coupled_groups_whole() -> None:
+    _model, gates = _bwcp_model(shortcuts=False)
+    assert "layer1.0.bn2" in gates.skipped and "bn1" in gates.skipped
+    assert all(not gates.graph.groups[g].coupled for g in gates.groups)
+
+
+# -------------------------------------------------------------------- costs
+def test_expected_cost_matches_the_engine_on_zero_one_probabilities() -> None:
+    _model, gates = _bwcp_model()
+    graph = gates.graph
+    ones = {g: torch.ones(graph.groups[g].size) for g in gates.groups}
+    assert expected_cost(graph, ones)["flops"] == pytest.approx(base_cost(graph).flops)
+    masks = gates.hard_unit_masks()
+    zero_one = {g: m.float() for g, m in masks.items()}
+    engine = cost_of_masks(graph, masks)
+    got = expected_cost(graph, zero_one)
+    assert got["flops"] == pytest.approx(engine.flops)
+    assert got["params"] == pytest.approx(engine.params)
+    assert 0 < gates.expected_ratio("flops") < 1
+
+
+def test_multiplier_update_moves_lambda_towards_the_target() -> None:
+    _model, gates = _bwcp_model()
+    opts = BWCPOptions(control_rate=0.5, tolerance=0.02)
+    ratio = gates.hard_ratio("flops")
+    above = BWCPCallback(gates, opts, target=ratio / 2, metric="flops")
+    above.control()
+    assert above.scale == pytest.approx(math.exp(0.5))  # cost twice the target: λ grows
+    below = BWCPCallback(gates, opts, target=min(1.0, ratio * 1.25), metric="flops")
+    below.control()
+    assert below.scale < 1.0
+    met = BWCPCallback(gates, opts, target=ratio * 1.01, metric="flops")
+    met.control()
+    assert met.scale == 1.0  # inside the 2% band nothing changes
+    assert len(met.timeline) == 1
+    state = above.state_dict()
+    other = BWCPCallback(gates, opts, target=0.5, metric="flops")
+    other.load_state_dict(state)
+    assert other.scale == above.scale
+
+
+def test_threshold_search_meets_a_cost_target() -> None:
+    _model, gates = _bwcp_model()
+    t = threshold_for_target(gates, "flops", 0.3)
+    assert gates.hard_ratio("flops", t) == pytest.approx(0.3, rel=0.02)
+
+
+# ------------------------------------------------------------------- export
+@pytest.mark.parametrize("name", ["resnet20", "cifar_mobilenet_v2"])
+def test_export_is_a_plain_pruned_model_equal_to_the_eval_model(name: str, tmp_path) -> None:
+    model, gates = _bwcp_model(name)
+    x = torch.randn(8, 3, 32, 32)
+    masks = gates.channel_masks(gates.hard_unit_masks())
+    with torch.no_grad():
+        reference = model(x)
+    gates.remove()
+    small = fold_and_prune(model, gates.pairs, masks, X)
+    assert not any(isinstance(m, BatchWhitening2d) for m in small.modules())
+    assert prunelab.count(small, X).flops < prunelab.count(prunelab.create(name), X).flops
+    with torch.no_grad():
+        out = small(x)
+    assert torch.allclose(out, reference, atol=1e-4 * max(1.0, float(reference.abs().max())))
+    prunelab.save(small, tmp_path / "bwcp.pt")
+    loaded = prunelab.load(tmp_path / "bwcp.pt")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), out, atol=1e-6)
+
+
+def test_conv_bias_is_folded_through_the_whitening() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU())
+    with torch.no_grad():
+        net[0].bias.normal_()
+    pairs = conv_bn_pairs(net)
+    assert pairs == {"1": "0"}
+    net[1] = BatchWhitening2d.from_batchnorm(net[1], group_size=4)
+    net.train()
+    net(torch.randn(8, 3, 6, 6))
+    net.eval()
+    x = torch.randn(4, 3, 6, 6)
+    folded = fold_and_prune(net, pairs, {}, x[:1])
+    assert isinstance(folded[1], nn.BatchNorm2d)
+    assert torch.allclose(folded(x), net(x), atol=1e-5)
+
+
+def test_pre_activation_norm_layers_are_rejected() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    with pytest.raises(UnsupportedModelError, match="after a convolution"):
+        conv_bn_pairs(net)
+
+
+def test_without_whitening_masks_batch_norm_outputs() -> None:
+    model, gates = _bwcp_model(whiten=False, sampling="hard_st")
+    assert not any(isinstance(m, BatchWhitening2d) for m in model.modules())
+    layer = next(lay for lay in gates.layers if lay.name == "layer2.0.bn1")
+    seen = {}
+    h = layer.module.register_forward_hook(lambda m, a, out: seen.__setitem__("y", out))
+    model(torch.randn(4, 3, 32, 32))  # eval: hard masks through the BN's forward hook
+    h.remove()
+    off = gates._masks["layer2.0.bn1"] == 0
+    assert off.any() and float(seen["y"][:, off].abs().max()) == 0.0
+
+
+# --------------------------------------------------------------- the method
+def _task(target: float = 0.5, epochs: int = 2) -> PruneTask:
+    data = build_data("synthetic", batch_size=16, n_train=128, n_test=64)
+    cfg = TrainConfig(epochs=epochs, lr=0.05, steps_per_epoch=4, quiet=True, threads=1)
+    return PruneTask(model=prunelab.create("resnet20"), data=data, target=target, train=cfg)
+
+
+def test_method_run_meets_the_target_and_exports() -> None:
+    torch.manual_seed(0)
+    method = get_method("bwcp")(
+        lambda1=1e-3, lambda2=2e-3, target_control=True, control_every=2, warmup_epochs=1
+    )
+    result = method.run(_task(target=0.5))
+    info = result.info
+    assert info["achieved_flops"] == pytest.approx(0.5, rel=0.02)
+    assert info["export_max_diff"] <= 1e-4 * max(1.0, info["export_reference_max"])
+    assert not any(isinstance(m, BatchWhitening2d) for m in result.model.modules())
+    assert result.history[0].get("train_extra_loss") is None  # warm-up: no loss
+    assert "train_extra_loss" in result.history[1]
+    assert {"bwcp_scale", "bwcp_hard_flops", "bwcp_expected_flops"} <= set(result.history[1])
+    assert [t[0] for t in info["control_timeline"]] == [4, 6, 8]  # after warm-up, every 2
+    assert set(info["probabilities"]) == set(info["probabilities_bn"])
+
+
+def test_method_options_are_checked() -> None:
+    with pytest.raises(ConfigError):
+        get_method("bwcp")(sampling="bernoulli").run(_task())
+    with pytest.raises(ConfigError):
+        get_method("bwcp")(no_such_option=1)
+    with pytest.raises(ConfigError):
+        get_method("bwcp")(temperature=0).run(_task())
+
+
+def test_gates_skip_groups_the_engine_cannot_prune() -> None:
+    model = prunelab.create("resnet20")
+    graph = prunelab.trace(model, X, ignore=["conv1"])
+    gates = ChannelGates(model, graph, ["bn1", "layer1.0.bn1"], shortcuts=True)
+    assert gates.skipped == ["bn1"]  # the stem's stage group is fixed by `ignore`
+    assert [layer.name for layer in gates.layers] == ["layer1.0.bn1"]
+    gates.remove()
