@@ -270,7 +270,13 @@ def _apply_groups(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     xg = x.reshape(n * groups, g, h * w)
     a_all = a.unsqueeze(0).expand(n, groups, g, g).reshape(n * groups, g, g)
     b_all = b.view(1, groups, g, 1).expand(n, groups, g, 1).reshape(n * groups, g, 1)
-    return torch.baddbmm(b_all, a_all, xg).view(n, c, h, w)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or x.requires_grad):
+        return torch.baddbmm(b_all, a_all, xg).view(n, c, h, w)
+    # Written into a fresh (N, C, H, W) tensor: the result is not a view, so callers
+    # (e.g. an in-place ReLU after the custom autograd Function) may modify it.
+    out = torch.empty(n, c, h, w, dtype=x.dtype, device=x.device)
+    torch.baddbmm(b_all, a_all, xg, out=out.view(n * groups, g, h * w))
+    return out
 
 
 def _sum_over_samples(t: torch.Tensor, n: int) -> torch.Tensor:
