@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -283,3 +287,42 @@ def test_bad_requests_are_clear_errors() -> None:
         get_method("dwr")(**FAST).run(_task(model=plain))
     with pytest.raises(ConfigError, match="no option"):
         get_method("dwr")(epochs_per_round=3)
+
+
+# ------------------------------------------------------------- under torchrun
+def _ddp_rank(out: str) -> None:
+    """One rank of the 2-process run: the whole method, then this rank's decisions."""
+    from prunelab.train import distributed as D
+
+    ctx = D.init_distributed()
+    torch.set_num_threads(1)
+    task = _task(Path(out) / "run")
+    result = get_method("dwr")(dims=["depth", "resolution"], rounds=1, round_epochs=1,
+                               final_epochs=1, probe_batches=2).run(task)  # fmt: skip
+    info = result.info
+    keep = {k: info[k] for k in ("optimum", "chosen", "removed_blocks", "dbp_gain")}
+    keep["points"] = [{k: v for k, v in p.items() if k != "seconds"} for p in info["points"]]
+    torch.save({"info": keep, "state": result.model.state_dict()}, Path(out) / f"r{ctx.rank}.pt")
+
+
+@pytest.mark.slow
+def test_ranks_agree_under_torchrun(tmp_path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.test_method_dwr", str(tmp_path)]  # fmt: skip
+    run = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    r0 = torch.load(tmp_path / "r0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "r1.pt", weights_only=False)
+    assert r0["info"] == r1["info"]  # same points, optimum and blocks on every rank
+    assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
+    assert sorted(p.name for p in (tmp_path / "run" / "collect").glob("*.json")) == [
+        "depth_1.json",
+        "origin.json",
+        "resolution_1.json",
+    ]
+
+
+if __name__ == "__main__":  # a rank of test_ranks_agree_under_torchrun
+    _ddp_rank(sys.argv[1])

@@ -221,8 +221,12 @@ class Collector:
             if i >= self.opts.probe_batches:
                 break
             batches.append((x.cpu(), y.cpu()))
-        if len(batches) < 2:
-            raise ConfigError("DBP needs at least 2 probe batches (probe_batches, probe_split)")
+        if len(batches) == 1:  # e.g. a small split sharded over ranks: halve the batch
+            x, y = batches[0]
+            h = len(y) // 2
+            batches = [(x[:h], y[:h]), (x[h:], y[h:])]
+        if not batches or len(batches[0][1]) == 0:
+            raise ConfigError("DBP needs probe images: raise probe_batches or use another split")
         half = len(batches) // 2
         gains = dbp_importance(model.to(self.device), list(blocks), batches[:half],
                                batches[half:], self.task.data.num_classes)  # fmt: skip
