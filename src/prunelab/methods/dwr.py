@@ -35,7 +35,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,7 @@ import torch.nn as nn
 
 from prunelab import planners
 from prunelab.atomic import atomic_write_text
-from prunelab.data import DataBundle
+from prunelab.data import DataBundle, Loader
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import Plan, prune, trace
 from prunelab.graph.blocks import find_removable_blocks, remove_blocks
@@ -106,7 +106,7 @@ def at_resolution(data: DataBundle, pixels: int) -> Iterator[None]:
         data.set_resolution(before)
 
 
-def _loader(data: DataBundle, split: str):
+def _loader(data: DataBundle, split: str) -> Loader | None:
     if split not in ("train", "test", "holdout"):
         raise ConfigError(f"split must be 'train', 'test' or 'holdout', got {split!r}")
     return getattr(data, split)
@@ -244,7 +244,9 @@ class Collector:
         return remove_blocks(model, order[: len(present) - keep]), scores
 
     # -------------------------------------------------------- width (BN scale)
-    def width_planner(self, model: nn.Module, pixels: int, round_to: int = 1):
+    def width_planner(
+        self, model: nn.Module, pixels: int, round_to: int = 1
+    ) -> Callable[[float], Plan]:
         """keep -> plan keeping `keep` of each group's ORIGINAL channels, best BN scales first.
 
         The same fraction in every group, channels compared only within their
