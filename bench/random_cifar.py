@@ -30,11 +30,13 @@ from typing import Any
 import torch
 
 import prunelab
+from prunelab import planners
 from prunelab.atomic import atomic_write_bytes
 from prunelab.data import build_data
 from prunelab.io import read_meta
 from prunelab.methods import PruneTask, get_method
 from prunelab.methods.finetune import accuracy
+from prunelab.methods.random_scoring import ScoringSetup, score_candidate
 from prunelab.train import TrainConfig
 
 CHECKPOINT = Path("src/prunelab/checkpoints/resnet20_cifar10_jpg.pt")
@@ -60,6 +62,18 @@ def recipe(epochs: int, seed: int, threads: int, run_dir: Path, steps: int | Non
     )  # fmt: skip
 
 
+def uniform_holdout_score(dense: torch.nn.Module, data: Any, options: dict[str, Any]) -> float:
+    """The random search's BN-recalibration score of the plan the uniform method builds."""
+    graph = prunelab.trace(dense, torch.zeros(1, 3, 32, 32))
+    plan = planners.for_cost(dense, graph, TARGET, criterion=options["criterion"],
+                             round_to=options["round_to"])  # fmt: skip
+    state = data.train.state_dict()
+    setup = ScoringSetup("bn", data, state, bn_batches=SEARCH["bn_batches"])
+    value = score_candidate(setup, prunelab.prune(dense, plan))
+    data.train.load_state_dict(state)
+    return value
+
+
 def run_one(name: str, method: str, options: dict[str, Any], seed: int, epochs: int,
             args: argparse.Namespace) -> None:  # fmt: skip
     threads = args.threads
@@ -80,6 +94,8 @@ def run_one(name: str, method: str, options: dict[str, Any], seed: int, epochs: 
     train = recipe(epochs, seed, threads, args.runs / name, args.steps_per_epoch)
     task = PruneTask(dense, data, target=TARGET, metric="flops", train=train,
                      run_dir=args.runs / name, seed=seed)  # fmt: skip
+    # Where the uniform plan would rank among the random candidates: the same cheap score.
+    uniform_score = uniform_holdout_score(dense, data, options) if method == "uniform" else None
     result = get_method(method)(**options).run(task)
     model = result.model.eval()
     cost = prunelab.count(model, x)
@@ -94,7 +110,7 @@ def run_one(name: str, method: str, options: dict[str, Any], seed: int, epochs: 
         "params": cost.params, "dense_top1": read_meta(args.checkpoint).get("top1"),
         "widths": {n: m.out_channels for n, m in model.named_modules()
                    if isinstance(m, torch.nn.Conv2d)},
-        "history": result.history, "info": result.info,
+        "history": result.history, "info": result.info, "uniform_holdout_score": uniform_score,
         "seconds": time.perf_counter() - t0, "threads": threads,
     }  # fmt: skip
     args.results.mkdir(parents=True, exist_ok=True)

@@ -63,12 +63,12 @@ def compare_table(runs: dict[str, dict[str, Any]], speed: dict[str, Any]) -> str
     lines = [
         f"Dense ResNet-20: top-1 {dense:.2f}% (FLOPs 1.00, params 1.00).\n",
         "| method | seed | top-1 % | Δ vs dense | FLOPs | params | speedup infer b8 (NCHW) "
-        "| infer b128 (NCHW) | train step b128 (ch.-last) | search winner hold-out % |",
+        "| infer b128 (NCHW) | train step b128 (ch.-last) | hold-out % before fine-tune |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = "random search (32 cand.)" if r["method"] == "random" else "uniform ratio"
-        winner = r["info"].get("winner_score")
+        winner = r["info"].get("winner_score", r.get("uniform_holdout_score"))
         lines.append(
             f"| {name} | {r['seed']} | {r['top1']:.2f} | {r['top1'] - dense:+.2f} "
             f"| {r['flops_ratio']:.3f} | {r['params_ratio']:.3f} "
@@ -161,6 +161,10 @@ def plot_candidates(runs: dict[str, dict[str, Any]], path: Path) -> bool:
             w = cands[r["info"]["winner"]]
             ax.scatter([w[key]], [w["score"]], marker="*", s=240, color=pts.get_facecolor(),
                        edgecolor="black", label=f"seed {r['seed']}: winner")  # fmt: skip
+        uni = runs.get("compare_uniform_l1_s0", {})
+        if uni.get("uniform_holdout_score") is not None:
+            ax.scatter([uni[key]], [uni["uniform_holdout_score"]], marker="D", s=70,
+                       color="black", label="uniform-ratio plan")  # fmt: skip
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("hold-out top-1 % after BN recalibration")
