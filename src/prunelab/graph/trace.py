@@ -190,9 +190,7 @@ class _ChannelAnalysis:
     # -- variables -------------------------------------------------------
     def fresh(self, n: int, source: bool = True) -> np.ndarray:
         ids = self.ops.extend(n)
-        self.spaces.extend(n)
-        for i in ids[1:].tolist():
-            self.spaces.union(int(ids[0]), i)
+        self.spaces.extend(n, joined=True)
         if source and n:
             self.source_vars.append(ids)
         return ids
@@ -728,97 +726,94 @@ class _ChannelAnalysis:
 
     # -- groups -----------------------------------------------------------
     def build(self, param_shapes: dict[tuple[str, str], tuple[int, ...]]) -> list[Group]:
-        # A tensor slice read twice (a module called twice) is one set of channels.
-        by_position: dict[tuple[str, str, int, int], int] = {}
-        for r in self.records:
-            for p, i in zip(r.positions.tolist(), r.ids.tolist(), strict=True):
-                key = (r.module, r.param, r.dim, p)
-                if key in by_position:
-                    self.ops.union(by_position[key], i)
-                    self.spaces.union(by_position[key], i)
-                else:
-                    by_position[key] = i
+        records = self._merged_records()
         unit_root = self.ops.roots()
         group_root = self.spaces.roots()
+        # A root is the smallest variable of its set, so sorting roots orders units and
+        # groups by first appearance: a layer's channels keep their order as unit indices.
+        unit_roots = np.unique(unit_root)
+        group_roots = np.unique(group_root)
+        group_of_unit = np.searchsorted(group_roots, group_root[unit_roots])
+        order = np.argsort(group_of_unit, kind="stable")
+        counts = np.bincount(group_of_unit, minlength=len(group_roots))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(unit_roots), dtype=np.int64)
+        rank[order] = np.arange(len(unit_roots)) - np.repeat(starts, counts)
+        unit_of_var = rank[np.searchsorted(unit_roots, unit_root)]
+        group_of_var = np.searchsorted(group_roots, group_root)
 
-        group_index: dict[int, int] = {}
-        unit_index: dict[int, int] = {}
-        unit_count: list[int] = []
-        for var in range(len(unit_root)):
-            u = int(unit_root[var])
-            if u in unit_index:
-                continue
-            g = int(group_root[var])
-            if g not in group_index:
-                group_index[g] = len(group_index)
-                unit_count.append(0)
-            gi = group_index[g]
-            unit_index[u] = unit_count[gi]
-            unit_count[gi] += 1
-
-        members: list[list[Member]] = [[] for _ in unit_count]
-        for r in self._merged_records():
-            groups_of = group_root[r.ids]
+        members: list[list[Member]] = [[] for _ in group_roots]
+        for r in records:
+            groups_of = group_of_var[r.ids]
             for g in np.unique(groups_of).tolist():
                 sel = groups_of == g
-                units = np.fromiter((unit_index[int(u)] for u in unit_root[r.ids[sel]]), np.int64)
-                members[group_index[g]].append(
+                members[g].append(
                     Member(
                         r.module,
                         r.param,
                         r.dim,
                         torch.from_numpy(r.positions[sel].copy()),
-                        torch.from_numpy(units),
+                        torch.from_numpy(unit_of_var[r.ids[sel]].copy()),
                         r.role,
                     )
                 )
 
         pinned_why: dict[int, str] = {}
         for var, why in self.pinned.items():
-            pinned_why.setdefault(group_index[int(group_root[var])], why)
-        sources = [0] * len(unit_count)
-        widths: list[set[int]] = [set() for _ in unit_count]
-        for ids in self.source_vars:
-            sources[group_index[int(group_root[ids[0]])]] += 1
+            pinned_why.setdefault(int(group_of_var[var]), why)
+        sources = np.bincount(
+            [int(group_of_var[ids[0]]) for ids in self.source_vars], minlength=len(group_roots)
+        )
         groups: list[Group] = []
-        for gi, n_units in enumerate(unit_count):
+        for gi, n_units in enumerate(counts.tolist()):
             mem = members[gi]
-            for m in mem:
-                if m.role == "out" and m.param == "weight":
-                    widths[gi].add(int(np.bincount(m.units.numpy()).max()))
+            if not mem:
+                continue  # channels no module owns (e.g. a pooled copy); nothing to prune
+            widths = [
+                int(np.bincount(m.units.numpy()).max())
+                for m in mem
+                if m.role == "out" and m.param == "weight"
+            ]
             has_producer = any(m.role == "out" for m in mem)
             why = pinned_why.get(gi, "" if has_producer else "no layer produces these channels")
             groups.append(
                 Group(
-                    index=gi,
+                    index=len(groups),
                     size=n_units,
                     members=mem,
-                    prunable=not why and bool(mem),
+                    prunable=not why,
                     reason=why,
-                    sources=sources[gi],
-                    unit_width=max(widths[gi], default=1),
+                    sources=int(sources[gi]),
+                    unit_width=max(widths, default=1),
                 )
             )
-        # Only groups with members matter; renumber them densely.
-        kept = [g for g in groups if g.members]
-        for i, g in enumerate(kept):
-            g.index = i
-        return kept
+        return groups
 
-    def _merged_records(self) -> Iterable[_Record]:
-        """One record per (module, param, dim, role): calls of a shared module merge."""
+    def _merged_records(self) -> list[_Record]:
+        """One record per (module, param, dim, role).
+
+        A module called twice reads the same tensor slices twice: its positions
+        are one set of channels, so the variables met at a position are tied.
+        """
         merged: dict[tuple[str, str, int, str], _Record] = {}
         for r in self.records:
             key = (r.module, r.param, r.dim, r.role)
             if key not in merged:
                 merged[key] = _Record(r.module, r.param, r.dim, r.positions, r.ids, r.role)
-            else:
-                m = merged[key]
-                seen = set(m.positions.tolist())
-                new = np.array([p not in seen for p in r.positions.tolist()], dtype=bool)
-                m.positions = np.concatenate([m.positions, r.positions[new]])
-                m.ids = np.concatenate([m.ids, r.ids[new]])
-        return merged.values()
+                continue
+            m = merged[key]
+            first = dict(zip(m.positions.tolist(), m.ids.tolist(), strict=True))
+            new = []
+            for p, i in zip(r.positions.tolist(), r.ids.tolist(), strict=True):
+                if p in first:
+                    self.ops.union(first[p], i)
+                    self.spaces.union(first[p], i)
+                else:
+                    new.append((p, i))
+            if new:
+                m.positions = np.concatenate([m.positions, [p for p, _ in new]])
+                m.ids = np.concatenate([m.ids, [i for _, i in new]])
+        return list(merged.values())
 
 
 def trace(

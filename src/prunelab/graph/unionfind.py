@@ -12,10 +12,13 @@ class UnionFind:
     def __len__(self) -> int:
         return len(self.parent)
 
-    def extend(self, n: int) -> np.ndarray:
-        """Create `n` new singleton ids and return them."""
+    def extend(self, n: int, joined: bool = False) -> np.ndarray:
+        """Create `n` new ids (singletons, or one set when `joined`) and return them."""
         start = len(self.parent)
-        self.parent.extend(range(start, start + n))
+        if joined and n:
+            self.parent.extend([start] * n)
+        else:
+            self.parent.extend(range(start, start + n))
         return np.arange(start, start + n, dtype=np.int64)
 
     def find(self, a: int) -> int:
@@ -38,4 +41,10 @@ class UnionFind:
             self.union(x, y)
 
     def roots(self) -> np.ndarray:
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), np.int64)
+        """The root of every id, by pointer jumping on the whole parent array at once."""
+        parent = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                return parent
+            parent = grand
