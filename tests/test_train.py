@@ -434,3 +434,18 @@ def test_resume_drops_log_records_written_after_the_checkpoint(tmp_path: Path):
     epochs = [r["epoch"] for r in records if r["kind"] == "epoch"]
     assert epochs == [1, 2, 3]
     assert all(r.get("train_loss") != 9.9 for r in records)
+
+
+def test_best_memory_layout_is_timed_and_used() -> None:
+    from prunelab.data import build_data
+
+    data = build_data("synthetic", batch_size=16, n_train=64, n_test=32, image_size=16)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10))  # fmt: skip
+    trainer = Trainer(model, data, TrainConfig(epochs=1, channels_last="best", quiet=True))
+    assert isinstance(trainer.channels_last, bool)
+    if trainer.channels_last:
+        assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    trainer.fit()
+    with pytest.raises(ConfigError, match="channels_last"):
+        TrainConfig(channels_last="fastest")

@@ -43,7 +43,7 @@ DEMO: dict[str, Any] = {
     "metric": "flops",
     "train": {
         "epochs": 2, "lr": 0.02, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-        "schedule": "cosine", "warmup_epochs": 0.1, "channels_last": "on",
+        "schedule": "cosine", "warmup_epochs": 0.1, "channels_last": "best",
     },
     "latency": {"batch": 8, "threads": 2, "repeats": 20},
     "seed": 0,

@@ -16,6 +16,7 @@ from prunelab.errors import ConfigError
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("step", "cosine", "constant")
 _TRISTATE = ("auto", "on", "off")
+_LAYOUTS = (*_TRISTATE, "best")
 _AMP = ("auto", "off", "bf16", "fp16")
 
 
@@ -93,8 +94,8 @@ class TrainConfig:
             raise bad("optimizer", f"choose one of {', '.join(_OPTIMIZERS)}")
         if self.schedule not in _SCHEDULES:
             raise bad("schedule", f"choose one of {', '.join(_SCHEDULES)}")
-        if self.channels_last not in _TRISTATE:
-            raise bad("channels_last", f"choose one of {', '.join(_TRISTATE)}")
+        if self.channels_last not in _LAYOUTS:
+            raise bad("channels_last", f"choose one of {', '.join(_LAYOUTS)}")
         if self.amp not in _AMP:
             raise bad("amp", f"choose one of {', '.join(_AMP)}")
         if self.lr <= 0:
