@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from prunelab.data.arrays import ImageArrays, atomic_save_npy, atomic_write_bytes, cache_root
+from prunelab.atomic import atomic_write_bytes
+from prunelab.data.arrays import ImageArrays, atomic_save_npy, cache_root
 from prunelab.errors import CorruptFileError, DataNotFoundError
 
 CIFAR10_JPG_NAME = "cifar10-jpg.tar.gz"

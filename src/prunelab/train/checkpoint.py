@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunelab.data.arrays import atomic_write_bytes
+from prunelab.atomic import atomic_write_bytes
 from prunelab.errors import ConfigError, CorruptFileError
 
 CHECKPOINT_NAME = "checkpoint.pt"

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import torch
 
-from prunelab.data.arrays import atomic_write_bytes
+from prunelab.atomic import atomic_write_bytes
 
 METRICS_NAME = "metrics.jsonl"
 
