@@ -274,11 +274,12 @@ class RandomSearchPruning(Method):
         graph = trace(model.cpu(), task.example_input)
         model.to(device)
         groups = planners.select_groups(graph, opts.shortcuts)
-        scores = planners.score_groups(model, groups, opts.criterion, self._stats(task, model))
+        # Sampling needs no scores: an infeasible budget fails before slow criteria run.
         sampled = sample_architectures(
             graph, groups, task.target, task.metric, opts.candidates, opts.r_min,
             opts.tolerance, opts.round_to, opts.sampling, task.seed, opts.max_draws,
         )  # fmt: skip
+        scores = planners.score_groups(model, groups, opts.criterion, self._stats(task, model))
         setup = ScoringSetup(
             "finetune" if opts.from_scratch else opts.scoring, task.data, loader_state,
             opts.bn_batches, opts.score_steps, opts.finetune_lr, opts.reconstruct_lr,
