@@ -1,0 +1,71 @@
+"""What the tracer attaches to fx nodes, and how it names nodes in errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch.fx as fx
+
+from prunelab.graph.groups import Role
+
+
+@dataclass
+class _Value:
+    """Channel variables of a traced tensor along its channel axis."""
+
+    ids: np.ndarray
+    axis: int
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+@dataclass
+class _ParamRef:
+    """A parameter or buffer used directly in forward (a get_attr node)."""
+
+    module: str
+    name: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class _Record:
+    module: str
+    param: str
+    dim: int
+    positions: np.ndarray
+    ids: np.ndarray
+    role: Role
+
+
+def _where(node: fx.Node) -> str:
+    """The module path a node belongs to, for error messages."""
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1][0]
+        return f"{path} ({node.name})"
+    return node.name
+
+
+def _op_name(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", str(t))
+        return f"{mod}.{name}" if mod and mod != "_operator" else f"operator.{name}"
+    return str(t)
+
+
+def _shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    return tuple(int(s) for s in meta.shape)
