@@ -36,7 +36,8 @@ from prunelab.atomic import atomic_write_text
 from prunelab.data import build_data
 from prunelab.layers import BatchWhitening2d
 from prunelab.methods import PruneTask
-from prunelab.methods.bwcp import BWCPCallback, BWCPOptions, finish, prepare
+from prunelab.methods.bwcp import BWCPCallback, BWCPOptions, prepare
+from prunelab.methods.bwcp_export import finish
 from prunelab.methods.finetune import accuracy, fit
 from prunelab.train import TrainConfig
 
@@ -44,7 +45,7 @@ RESULTS = Path("bench/results/bwcp_runs")
 EPOCHS = 6
 ABLATION_STEPS = 130  # a third of a CIFAR-10 epoch at batch 128
 PAPER = {"lambda1": 4e-5, "lambda2": 8e-5}
-COMMON = {"warmup_epochs": 1.0}
+COMMON = {"warmup_epochs": 1.0, "warmup_sampling": "expected"}
 
 
 def _lam(factor: float) -> dict[str, Any]:

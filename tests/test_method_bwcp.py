@@ -22,9 +22,8 @@ from prunelab.methods.bwcp import (
     expected_cost,
     gumbel_soft_mask,
     prepare,
-    threshold_for_target,
 )
-from prunelab.methods.bwcp_export import conv_bn_pairs, fold_and_prune
+from prunelab.methods.bwcp_export import conv_bn_pairs, fold_and_prune, threshold_for_target
 from prunelab.train import TrainConfig
 
 X = torch.zeros(1, 3, 32, 32)
@@ -142,12 +141,51 @@ def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> Non
         shared = masks["layer1.0.bn2"]
         off = shared == 0
         assert off.any() and (~off).any()
-        # The product of the stage's own masks, so a channel survives only if all keep it.
-        assert torch.equal(shared.bool(), shared.bool() & masks["bn1"].bool())
+        if mode == "eval":  # the paper's rule: the first two layers' masks multiplied
+            probs = gates.probabilities()
+            lead = (probs["bn1"] > 0.5) & (probs["layer1.0.bn2"] > 0.5)
+            assert torch.equal(shared.bool(), lead)
         for name in ("bn1", "layer1.0", "layer1.1", "layer1.2"):
             assert float(outputs[name][:, off].abs().max()) == 0.0  # the stream is zero there
     for h in hooks:
         h.remove()
+
+
+def test_later_blocks_reuse_the_stage_mask_unless_all_layers_share() -> None:
+    _model, gates = _bwcp_model()
+    follower = next(layer for layer in gates.layers if layer.name == "layer1.2.bn2")
+    assert not follower.leads
+    before = gates.hard_unit_masks()
+    with torch.no_grad():
+        follower.module.bias.fill_(-50.0)  # its own P -> 0: the stage mask does not care
+    assert all(torch.equal(before[g], m) for g, m in gates.hard_unit_masks().items())
+    _model, every = _bwcp_model(shared_sources=0)
+    assert all(layer.leads for layer in every.layers)
+    with torch.no_grad():
+        next(la for la in every.layers if la.name == "layer1.2.bn2").module.bias.fill_(-50.0)
+    stage = every.graph.group_of("layer1.2.bn2").index
+    assert int(every.hard_unit_masks()[stage].sum()) == 1  # the product: only a survivor
+
+
+class _Clock:
+    def __init__(self, step: int, per_epoch: int = 10) -> None:
+        self.global_step, self.steps_per_epoch = step, per_epoch
+
+
+def test_warmup_uses_expected_masks_then_gumbel() -> None:
+    _model, gates = _bwcp_model()
+    opts = BWCPOptions(warmup_epochs=1, warmup_sampling="expected")
+    cb = BWCPCallback(gates, opts, None, "flops")
+    cb.on_step_start(_Clock(3), (X, X))  # type: ignore[arg-type]
+    assert gates.sampling == "expected"
+    assert cb.extra_loss(_Clock(3), X, X) is None  # type: ignore[arg-type]
+    cb.on_step_start(_Clock(10), (X, X))  # type: ignore[arg-type]
+    assert gates.sampling == "gumbel"
+    assert cb.extra_loss(_Clock(10), X, X) is not None  # type: ignore[arg-type]
+    probs = gates.probabilities(leading=True)
+    gates.sampling = "expected"
+    masks = gates._sample()
+    assert torch.allclose(masks["layer2.0.bn1"], probs["layer2.0.bn1"])  # the mean, no noise
 
 
 def test_unmasked_shortcuts_option_leaves_coupled_groups_whole() -> None:
@@ -250,7 +288,7 @@ def test_without_whitening_masks_batch_norm_outputs() -> None:
     model(torch.randn(4, 3, 32, 32))  # eval: hard masks through the BN's forward hook
     h.remove()
     off = gates._masks["layer2.0.bn1"] == 0
-    assert off.any() and float(seen["y"][:, off].abs().max()) == 0.0
+    assert off.any() and float(seen["y"].detach()[:, off].abs().max()) == 0.0
 
 
 # --------------------------------------------------------------- the method

@@ -13,10 +13,21 @@ Trains and prunes from scratch in one pass:
    (β without absolute value: pushed negative), after `warmup_epochs`;
 5. channels added by a residual connection share one mask: the engine
    ties a residual stage into one channel group, and every layer of the
-   group is multiplied by the product of the group's masks (the paper's
-   "shortcut and last layer share the product" rule applied to the whole
-   stage), so the added channels stay aligned and can be removed together;
+   group is multiplied by the same mask, so the added channels stay aligned
+   and can be removed together. The mask is the product of the masks of
+   the group's first two layers in execution order (the paper's rule: a
+   downsample shortcut and its block's last layer multiply their masks,
+   blocks behind identity shortcuts reuse it); `shared_sources=0` multiplies
+   all of them (a channel survives only if every layer of the stage keeps
+   it, which starts a deep stage almost fully masked);
 6. the result is folded and exported (`bwcp_export`): a plain conv model.
+
+Two choices the paper leaves open, needed to train at all: whitened layers
+start at γ = 1/√g (with Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I,
+so γ = 1 would start every layer at √g = 4 times batch norm's scale and
+training at lr 0.1 stalls), and `warmup_sampling="expected"` optionally
+multiplies channels by P itself instead of Gumbel samples during the loss
+warm-up (at initialisation P is about 0.5 everywhere).
 
 Beyond the paper: with `target_control` the task's cost target is met
 without a hand search over λ. Every `control_every` steps the hard-mask
@@ -43,18 +54,17 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from prunelab.errors import ConfigError, InfeasibleBudgetError, PrunelabError
+from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import ChannelGraph, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
-from prunelab.methods.bwcp_export import conv_bn_pairs, fold_and_prune
-from prunelab.methods.finetune import accuracy, batches, fit
-from prunelab.metrics import count
+from prunelab.methods.bwcp_export import conv_bn_pairs, finish
+from prunelab.methods.finetune import fit
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
 
-SAMPLING = ("gumbel", "hard_st", "none")
+SAMPLING = ("gumbel", "hard_st", "expected", "none")
 
 
 def activation_probability(
@@ -85,6 +95,7 @@ class _Layer:
     group: int
     positions: torch.Tensor  # channels of the layer in the group
     units: torch.Tensor  # the group unit of each of those channels
+    leads: bool = True  # its probability enters the group's mask (else it follows)
 
 
 class ChannelGates:
@@ -105,6 +116,7 @@ class ChannelGates:
         temperature: float = 0.5,
         sampling: str = "gumbel",
         shortcuts: bool = True,
+        shared_sources: int = 2,
     ) -> None:
         self.model, self.graph = model, graph
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
@@ -122,6 +134,11 @@ class ChannelGates:
                 if m.module == name and m.role == "norm" and m.param == "weight":
                     mod = model.get_submodule(name)
                     self.layers.append(_Layer(name, mod, group.index, m.positions, m.units))
+        # `names` come in execution order: a group's first `shared_sources` layers lead.
+        seen: dict[int, int] = {}
+        for layer in self.layers:
+            seen[layer.group] = seen.get(layer.group, 0) + 1
+            layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
         self.groups = sorted({layer.group for layer in self.layers})
         self._masks: dict[str, torch.Tensor] = {}
         self._names = {id(layer.module): layer.name for layer in self.layers}
@@ -140,13 +157,22 @@ class ChannelGates:
             gam, bet = mod.weight, mod.bias
         return activation_probability(gam, bet, self.delta)
 
-    def probabilities(self, whitened: bool = True) -> dict[str, torch.Tensor]:
-        return {layer.name: self.layer_probability(layer, whitened) for layer in self.layers}
+    def probabilities(
+        self, whitened: bool = True, leading: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """P of every masked layer (`leading`: only those whose P enters a mask)."""
+        return {
+            layer.name: self.layer_probability(layer, whitened)
+            for layer in self.layers
+            if layer.leads or not leading
+        }
 
     def _combine(self, per_layer: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Product over each group's layers of their per-channel values, by unit."""
+        """Product over each group's leading layers of their per-channel values, by unit."""
         out: dict[int, torch.Tensor] = {}
         for layer in self.layers:
+            if not layer.leads:
+                continue
             values = per_layer[layer.name][layer.positions]
             size = self.graph.groups[layer.group].size
             spread = torch.ones(size, dtype=values.dtype, device=values.device)
@@ -158,13 +184,14 @@ class ChannelGates:
     def unit_probabilities(self) -> dict[int, torch.Tensor]:
         """Keep probability of each group unit: the product over the group's layers."""
         with torch.no_grad():
-            return {g: p.cpu() for g, p in self._combine(self.probabilities()).items()}
+            probs = self.probabilities(leading=True)
+            return {g: p.cpu() for g, p in self._combine(probs).items()}
 
     @torch.no_grad()
     def hard_unit_masks(self, threshold: float | None = None) -> dict[int, torch.Tensor]:
         """1[P > threshold] per unit, AND over the group's layers; never empties a group."""
         t = self.threshold if threshold is None else threshold
-        probs = self.probabilities()
+        probs = self.probabilities(leading=True)
         hard = {n: (p > t).to(p.dtype) for n, p in probs.items()}
         masks = {g: m.cpu().bool() for g, m in self._combine(hard).items()}
         joint = self._combine(probs)
@@ -189,9 +216,11 @@ class ChannelGates:
 
     # -------------------------------------------------------------------- masks
     def _sample(self) -> dict[str, torch.Tensor]:
-        probs = self.probabilities()
+        probs = self.probabilities(leading=True)
         if self.sampling == "gumbel":
             per = {n: gumbel_soft_mask(p, self.temperature) for n, p in probs.items()}
+        elif self.sampling == "expected":  # the mask's mean: no noise
+            per = probs
         else:  # "hard_st": 1[P > 0.5] forward, gradient of P backward
             per = {n: (p > 0.5).to(p.dtype) + p - p.detach() for n, p in probs.items()}
         return self.channel_masks(self._combine(per))
@@ -270,11 +299,22 @@ class BWCPOptions:
     delta: float = 0.05  # activation threshold in P = P(γ̂ z + β̂ > δ)
     temperature: float = 0.5  # Gumbel-softmax temperature
     sampling: str = "gumbel"  # "gumbel"; "hard_st" (straight-through 1[P>0.5]); "none"
+    # Masks during the warm-up (None: `sampling`, as the paper). "expected" multiplies each
+    # channel by P itself (no noise): at initialisation P is about 0.5 everywhere, and on a
+    # short schedule noisy half-masks (a quarter in residual streams) waste the first epoch.
+    warmup_sampling: str | None = None
     whiten: bool = True  # False: keep batch norm (the "without BW" ablation)
     group_size: int = 16  # channels whitened together
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
+    # A residual stage's mask is the product of the masks of its first `shared_sources`
+    # norm layers in execution order (2: the paper's downsample shortcut x first block's
+    # last layer; later blocks reuse it); 0 multiplies all of them.
+    shared_sources: int = 2
+    # Start every whitened layer at γ = 1/√group_size: a group's output then starts with
+    # unit variance, like batch norm (with γ = 1 it starts at √g and training stalls).
+    reinit_gamma: bool = True
     target_control: bool = False  # adapt λ so the hard-mask model meets task.target
     control_every: int = 50  # steps between λ updates
     control_rate: float = 0.5  # η in λ <- λ exp(η (cost/target − 1))
@@ -283,13 +323,17 @@ class BWCPOptions:
     enforce_target: bool = True  # move the hard threshold if training ends off target
 
     def validate(self) -> None:
-        if self.sampling not in SAMPLING:
-            raise ConfigError(f"bwcp sampling={self.sampling!r}: choose one of {SAMPLING}")
+        for name in ("sampling", "warmup_sampling"):
+            value = getattr(self, name)
+            if value not in SAMPLING and not (name == "warmup_sampling" and value is None):
+                raise ConfigError(f"bwcp {name}={value!r}: choose one of {SAMPLING}")
         for name in ("lambda1", "lambda2", "warmup_epochs", "delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"bwcp temperature must be > 0, got {self.temperature}")
+        if self.shared_sources < 0:
+            raise ConfigError(f"bwcp shared_sources must be >= 0, got {self.shared_sources}")
         if self.group_size < 1 or self.iterations < 1 or self.control_every < 1:
             raise ConfigError("bwcp group_size, iterations and control_every must be >= 1")
         if not 0 < self.momentum <= 1:
@@ -312,6 +356,13 @@ class BWCPCallback(Callback):
 
     def _active(self, trainer: Trainer) -> bool:
         return trainer.global_step >= self.opts.warmup_epochs * trainer.steps_per_epoch
+
+    def on_step_start(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        o = self.opts
+        warm = o.warmup_sampling is not None and o.sampling != "none"
+        self.gates.sampling = (
+            o.warmup_sampling if warm and not self._active(trainer) else o.sampling
+        )
 
     def extra_loss(
         self, trainer: Trainer, outputs: torch.Tensor, targets: torch.Tensor
@@ -359,22 +410,6 @@ class BWCPCallback(Callback):
         self.timeline = [list(t) for t in state.get("timeline", [])]
 
 
-def threshold_for_target(gates: ChannelGates, metric: str, target: float) -> float:
-    """The hard-mask threshold whose cost is closest to `target` (bisection; cost falls with it)."""
-    lo, hi = 1e-6, 1.0 - 1e-6
-    best, best_gap = 0.5, abs(gates.hard_ratio(metric, 0.5) - target)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        ratio = gates.hard_ratio(metric, mid)
-        if abs(ratio - target) < best_gap:
-            best, best_gap = mid, abs(ratio - target)
-        if ratio > target:
-            lo = mid
-        else:
-            hi = mid
-    return best
-
-
 def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> ChannelGates:
     """Trace `model`, swap its BNs for BW layers (in place) and install the gates."""
     model.eval()
@@ -385,10 +420,16 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
         for bn, conv in pairs.items()
         if opts.whiten and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
     ]
-    convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
+    layers = convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
+    if opts.reinit_gamma:
+        with torch.no_grad():
+            for name in layers:
+                bw = model.get_submodule(name)
+                bw.weight.fill_(bw.group_size**-0.5)
     gates = ChannelGates(
-        model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts
-    )
+        model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts,
+        opts.shared_sources,
+    )  # fmt: skip
     gates.pairs = pairs
     return gates
 
@@ -415,68 +456,3 @@ class BWCP(Method):
         # BW is written for NCHW tensors; channels_last would only add conversions.
         model, history, final = fit(task, model, "bwcp", [cb], channels_last="off")
         return finish(task, model, gates, cb, opts, history, final)
-
-
-def finish(
-    task: PruneTask,
-    model: nn.Module,
-    gates: ChannelGates,
-    cb: BWCPCallback,
-    opts: BWCPOptions,
-    history: list[dict[str, Any]],
-    final: dict[str, Any],
-) -> PruneResult:
-    """Fix the hard masks (moving the threshold if the target was missed), export, check."""
-    model.eval()
-    x = task.example_input
-    controller_ratio = gates.hard_ratio(task.metric)
-    info: dict[str, Any] = {"controller_ratio": controller_ratio, "threshold": 0.5}
-    top1 = final.get("top1")
-    off = abs(controller_ratio / task.target - 1.0) > opts.tolerance
-    if opts.target_control and opts.enforce_target and off:
-        gates.threshold = threshold_for_target(gates, task.metric, task.target)
-        info["threshold"] = gates.threshold
-        top1 = accuracy(model, task.data.test)
-    if opts.sampling == "none":  # no masks in training: also report the unmasked network
-        gates.enabled = False
-        info["unmasked_top1"] = accuracy(model, task.data.test)
-        gates.enabled = True
-    check = next(iter(batches(task, 1, "test")), (x, None))[0][:32]
-    unit_masks = gates.hard_unit_masks()
-    channel_masks = {k: v.cpu() for k, v in gates.channel_masks(unit_masks).items()}
-    probs = {k: v.detach().cpu() for k, v in gates.probabilities().items()}
-    probs_bn = {k: v.detach().cpu() for k, v in gates.probabilities(whitened=False).items()}
-    with torch.no_grad():
-        reference = model(check)
-    gates.remove()
-    pruned = fold_and_prune(model, gates.pairs, channel_masks, x)
-    with torch.no_grad():
-        diff = float((pruned(check) - reference).abs().max())
-    if diff > 1e-4 * max(1.0, float(reference.abs().max())):
-        raise PrunelabError(f"bwcp: exported model differs from the masked one by {diff:.3g}")
-    small = count(pruned, x)
-    base = base_cost(gates.graph)
-    info.update(
-        target=task.target if opts.target_control else None,
-        metric=task.metric,
-        eval_top1=top1,
-        achieved_flops=small.flops / base.flops,
-        achieved_params=small.params / base.params,
-        expected_flops=gates.expected_ratio("flops"),
-        export_max_diff=diff,
-        export_reference_max=float(reference.abs().max()),
-        lambda_scale=cb.scale,
-        lambda1=cb.scale * opts.lambda1,
-        lambda2=cb.scale * opts.lambda2,
-        control_timeline=cb.timeline,
-        kept={gates.graph.groups[g].name: int(m.sum()) for g, m in unit_masks.items()},
-        sizes={gates.graph.groups[g].name: gates.graph.groups[g].size for g in unit_masks},
-        unmasked_layers=gates.skipped,
-        probabilities={k: v.tolist() for k, v in probs.items()},
-        probabilities_bn={k: v.tolist() for k, v in probs_bn.items()},
-        final=final,
-        options=dict(vars(opts)),
-        pruned_flops=small.flops,
-        dense_flops=base.flops,
-    )
-    return PruneResult(pruned, history, info)

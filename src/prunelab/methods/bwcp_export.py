@@ -8,22 +8,40 @@ identity statistics (running mean 0, running variance 1 − ε, weight 1): a
 convolution without a bias never gains one, and the model keeps the zoo
 architecture, so `prunelab.save`/`load` rebuild it from its recipe. Masked
 channels then output exactly zero and the engine removes them physically.
+
+`finish` is the method's last step: settle the hard masks (moving the
+threshold when a cost target was missed), export, check the exported model
+against the masked one and collect the run's details.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from prunelab.errors import UnsupportedModelError
+from prunelab.errors import PrunelabError, UnsupportedModelError
 from prunelab.graph import ChannelGraph, Plan, prune, trace
+from prunelab.graph.cost import base_cost
 from prunelab.layers import BatchWhitening2d
+from prunelab.methods.base import PruneResult, PruneTask
+from prunelab.methods.finetune import accuracy, batches
+from prunelab.metrics import count
 
-__all__ = ["conv_bn_pairs", "fold_and_prune", "unit_masks_from_channels"]
+if TYPE_CHECKING:
+    from prunelab.methods.bwcp import BWCPCallback, BWCPOptions, ChannelGates
+
+__all__ = [
+    "conv_bn_pairs",
+    "finish",
+    "fold_and_prune",
+    "threshold_for_target",
+    "unit_masks_from_channels",
+]
 
 
 def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
@@ -154,3 +172,84 @@ def fold_and_prune(
     keep = unit_masks_from_channels(graph, channel_masks)
     plan = Plan.from_masks(graph, {g: k for g, k in keep.items() if not bool(k.all())})
     return prune(out, plan).eval()
+
+
+def threshold_for_target(gates: ChannelGates, metric: str, target: float) -> float:
+    """The hard-mask threshold whose cost is closest to `target` (bisection; cost falls with it)."""
+    lo, hi = 1e-6, 1.0 - 1e-6
+    best, best_gap = 0.5, abs(gates.hard_ratio(metric, 0.5) - target)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        ratio = gates.hard_ratio(metric, mid)
+        if abs(ratio - target) < best_gap:
+            best, best_gap = mid, abs(ratio - target)
+        if ratio > target:
+            lo = mid
+        else:
+            hi = mid
+    return best
+
+
+def finish(
+    task: PruneTask,
+    model: nn.Module,
+    gates: ChannelGates,
+    cb: BWCPCallback,
+    opts: BWCPOptions,
+    history: list[dict[str, Any]],
+    final: dict[str, Any],
+) -> PruneResult:
+    """Fix the hard masks (moving the threshold if the target was missed), export, check."""
+    model.eval()
+    x = task.example_input
+    controller_ratio = gates.hard_ratio(task.metric)
+    info: dict[str, Any] = {"controller_ratio": controller_ratio, "threshold": 0.5}
+    top1 = final.get("top1")
+    off = abs(controller_ratio / task.target - 1.0) > opts.tolerance
+    if opts.target_control and opts.enforce_target and off:
+        gates.threshold = threshold_for_target(gates, task.metric, task.target)
+        info["threshold"] = gates.threshold
+        top1 = accuracy(model, task.data.test)
+    if opts.sampling == "none":  # no masks in training: also report the unmasked network
+        gates.enabled = False
+        info["unmasked_top1"] = accuracy(model, task.data.test)
+        gates.enabled = True
+    check = next(iter(batches(task, 1, "test")), (x, None))[0][:32]
+    unit_masks = gates.hard_unit_masks()
+    channel_masks = {k: v.cpu() for k, v in gates.channel_masks(unit_masks).items()}
+    probs = {k: v.detach().cpu() for k, v in gates.probabilities().items()}
+    probs_bn = {k: v.detach().cpu() for k, v in gates.probabilities(whitened=False).items()}
+    with torch.no_grad():
+        reference = model(check)
+    gates.remove()
+    pruned = fold_and_prune(model, gates.pairs, channel_masks, x)
+    with torch.no_grad():
+        diff = float((pruned(check) - reference).abs().max())
+    if diff > 1e-4 * max(1.0, float(reference.abs().max())):
+        raise PrunelabError(f"bwcp: exported model differs from the masked one by {diff:.3g}")
+    small = count(pruned, x)
+    base = base_cost(gates.graph)
+    info.update(
+        target=task.target if opts.target_control else None,
+        metric=task.metric,
+        eval_top1=top1,
+        achieved_flops=small.flops / base.flops,
+        achieved_params=small.params / base.params,
+        expected_flops=gates.expected_ratio("flops"),
+        export_max_diff=diff,
+        export_reference_max=float(reference.abs().max()),
+        lambda_scale=cb.scale,
+        lambda1=cb.scale * opts.lambda1,
+        lambda2=cb.scale * opts.lambda2,
+        control_timeline=cb.timeline,
+        kept={gates.graph.groups[g].name: int(m.sum()) for g, m in unit_masks.items()},
+        sizes={gates.graph.groups[g].name: gates.graph.groups[g].size for g in unit_masks},
+        unmasked_layers=gates.skipped,
+        probabilities={k: v.tolist() for k, v in probs.items()},
+        probabilities_bn={k: v.tolist() for k, v in probs_bn.items()},
+        final=final,
+        options=dict(vars(opts)),
+        pruned_flops=small.flops,
+        dense_flops=base.flops,
+    )
+    return PruneResult(pruned, history, info)
