@@ -2,7 +2,7 @@
 
 Every arm uses the dense baseline's recipe (bench/train_baseline.py: batch 128,
 SGD Nesterov 0.9, lr 0.1, 1 warm-up epoch, cosine to 0, weight decay 5e-4,
-crop + flip) scaled down to what fits a shared 2-core CPU, NCHW layout:
+crop + flip, channels_last) scaled down to what fits a shared 2-core CPU:
 
     dense            plain BN ResNet-20, EPOCHS epochs (the same-length reference)
     lam_*            BWCP with the paper's CIFAR-10 λ (4e-5, 8e-5) times a factor
@@ -78,7 +78,7 @@ def task_for(arm: str, epochs: int, steps: int | None, run_root: Path) -> PruneT
     short = arm.startswith("abl_")
     train = TrainConfig(
         epochs=epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
-        schedule="cosine", warmup_epochs=1, seed=0, channels_last="off", threads=threads(),
+        schedule="cosine", warmup_epochs=1, seed=0, channels_last="on", threads=threads(),
         steps_per_epoch=steps if steps else (ABLATION_STEPS if short else None),
         eval_every=epochs if short else 1, progress_seconds=120.0,
         run_dir=str(run_root / arm), resume=True,
@@ -153,7 +153,7 @@ def run_bwcp(arm: str, task: PruneTask, options: dict[str, Any]) -> dict[str, An
     gates = prepare(model, task.example_input, opts)
     target = task.target if opts.target_control else None
     cb = BWCPCallback(gates, opts, target, task.metric)
-    model, history, final = fit(task, model, arm, [cb], channels_last="off")
+    model, history, final = fit(task, model, arm, [cb])
     model.eval()
     x = test_batch(task)
     gates.enabled = False  # the layers' own outputs, unmasked, for the correlation score

@@ -294,7 +294,9 @@ def test_without_whitening_masks_batch_norm_outputs() -> None:
 # --------------------------------------------------------------- the method
 def _task(target: float = 0.5, epochs: int = 2) -> PruneTask:
     data = build_data("synthetic", batch_size=16, n_train=128, n_test=64)
-    cfg = TrainConfig(epochs=epochs, lr=0.05, steps_per_epoch=4, quiet=True, threads=1)
+    cfg = TrainConfig(
+        epochs=epochs, lr=0.05, steps_per_epoch=4, quiet=True, threads=1, channels_last="on"
+    )
     return PruneTask(model=prunelab.create("resnet20"), data=data, target=target, train=cfg)
 
 

@@ -19,7 +19,9 @@ standard deviations) and b = Wβ − Aμ. A training step is a mean, one
 batched matrix product for every group's second moments, a few tiny g×g
 Newton products and one batched product applying A; the backward pass over
 the big tensors is written by hand (two batched products into one gradient
-tensor) and autograd only differentiates the tiny g×g part.
+tensor) and autograd only differentiates the tiny g×g part. Channels-last
+inputs (up to 256 channels) use one dense block-diagonal GEMM over all
+pixels instead, and keep their layout.
 
 `output_scale` (None, or a (C,) tensor that may carry gradients) multiplies
 each output channel; it is folded into A and b, so a per-channel gate costs
@@ -239,7 +241,8 @@ class BatchWhitening2d(nn.Module):
             self._update_running(mean, var, corr, n * h * w)
             return out
         a, b = self.affine()
-        return _apply_groups(x.contiguous(), a, b)
+        dense = _dense_layout(x)
+        return _apply_groups(x if dense else x.contiguous(), a, b, dense)
 
     @classmethod
     def from_batchnorm(
@@ -263,18 +266,66 @@ class BatchWhitening2d(nn.Module):
         return layer
 
 
-def _apply_groups(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """y = A x + b per group: one batched product over (sample, group)."""
+# Up to this many channels a channels-last input is handled with one dense block-diagonal
+# C x C matrix (one GEMM over all pixels); wider layers use the grouped NCHW kernels.
+_DENSE_MAX = 256
+
+
+def _dense_layout(x: torch.Tensor) -> bool:
+    """True for a channels-last (N, C, H, W) tensor narrow enough for the dense kernels."""
+    cl = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return cl and x.shape[1] <= _DENSE_MAX
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """A channels-last tensor as its (pixels, C) matrix (a view)."""
+    n, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(n * h * w, c)
+
+
+def _new_like(x: torch.Tensor, dense: bool) -> torch.Tensor:
+    fmt = torch.channels_last if dense else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _diagonal_blocks(full: torch.Tensor, groups: int, g: int) -> torch.Tensor:
+    """The (groups, g, g) diagonal blocks of a (C, C) matrix."""
+    return full.view(groups, g, groups, g).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def _moments(x: torch.Tensor, groups: int, g: int, dense: bool) -> tuple[torch.Tensor, ...]:
+    """E[x] (C,) and E[x xᵀ] per group (groups, g, g) over samples and pixels."""
+    n, _, h, w = x.shape
+    count = n * h * w
+    if dense:
+        rows = _rows(x)
+        return rows.mean(0), _diagonal_blocks(rows.t() @ rows, groups, g) / count
+    xg = x.view(n * groups, g, h * w)
+    second = _sum_over_samples(torch.bmm(xg, xg.transpose(1, 2)), n) / count
+    return x.mean(dim=(0, 2, 3)), second
+
+
+def _apply_groups(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, dense: bool = False
+) -> torch.Tensor:
+    """y = A x + b per group, into a fresh tensor of x's layout (not a view: callers
+    such as an in-place ReLU after the custom autograd Function may modify it)."""
     n, c, h, w = x.shape
     groups, g, _ = a.shape
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (x, a, b))
+    if dense:
+        if differentiable:  # evaluation with gradients: plain autograd ops
+            rows = torch.addmm(b, _rows(x), torch.block_diag(*a).t())
+            return rows.view(n, h, w, c).permute(0, 3, 1, 2)
+        out = _new_like(x, dense)
+        torch.addmm(b, _rows(x), torch.block_diag(*a).t(), out=_rows(out))
+        return out
     xg = x.reshape(n * groups, g, h * w)
     a_all = a.unsqueeze(0).expand(n, groups, g, g).reshape(n * groups, g, g)
     b_all = b.view(1, groups, g, 1).expand(n, groups, g, 1).reshape(n * groups, g, 1)
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad or x.requires_grad):
+    if differentiable:
         return torch.baddbmm(b_all, a_all, xg).view(n, c, h, w)
-    # Written into a fresh (N, C, H, W) tensor: the result is not a view, so callers
-    # (e.g. an in-place ReLU after the custom autograd Function) may modify it.
-    out = torch.empty(n, c, h, w, dtype=x.dtype, device=x.device)
+    out = _new_like(x, dense)
     torch.baddbmm(b_all, a_all, xg, out=out.view(n * groups, g, h * w))
     return out
 
@@ -292,6 +343,8 @@ class _BatchWhiten(torch.autograd.Function):
     and db = Σ dy, the small graph's gradient by autograd, and
     dx = Aᵀ dy + (dS + dSᵀ) x / M + dμ / M accumulated into one tensor. That is
     the fewest full-size passes; plain autograd makes several more copies.
+    NCHW inputs use batched g x g products per (sample, group); channels-last
+    inputs one dense block-diagonal GEMM over all pixels.
     """
 
     @staticmethod
@@ -303,21 +356,23 @@ class _BatchWhiten(torch.autograd.Function):
         scale: torch.Tensor | None,
         layer: BatchWhitening2d,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = x.contiguous()
+        dense = _dense_layout(x)
+        was_cl = not dense and x.is_contiguous(memory_format=torch.channels_last)
+        if not dense:
+            x = x.contiguous()
         n, _, h, w = x.shape
-        groups, g = layer.groups, layer.group_size
-        count = n * h * w
-        xg = x.view(n * groups, g, h * w)
-        mean = x.mean(dim=(0, 2, 3))
-        second = _sum_over_samples(torch.bmm(xg, xg.transpose(1, 2)), n) / count
+        mean, second = _moments(x, layer.groups, layer.group_size, dense)
         with torch.enable_grad():
             inputs = (mean, second, weight, bias, scale)
             leaves = [None if t is None else t.detach().requires_grad_() for t in inputs]
             a, b, var, corr = layer.from_moments(*leaves)
-        out = _apply_groups(x, a.detach(), b.detach())
+        out = _apply_groups(x, a.detach(), b.detach(), dense)
+        if was_cl and not out.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
         ctx.save_for_backward(x)
         ctx.small = (leaves, a, b)
-        ctx.count = count
+        ctx.count = n * h * w
+        ctx.dense = dense
         var_d, corr_d = var.detach(), corr.detach()
         ctx.mark_non_differentiable(mean, var_d, corr_d)
         return out, mean, var_d, corr_d
@@ -330,12 +385,19 @@ class _BatchWhiten(torch.autograd.Function):
     ) -> tuple[torch.Tensor | None, ...]:
         (x,) = ctx.saved_tensors
         leaves, a, b = ctx.small
+        dense, count = ctx.dense, ctx.count
         n, c, h, w = x.shape
         groups, g, _ = a.shape
-        dy = grad_out.contiguous().view(n * groups, g, h * w)
-        xg = x.view(n * groups, g, h * w)
-        grad_a = _sum_over_samples(torch.bmm(dy, xg.transpose(1, 2)), n)
-        grad_b = dy.sum(dim=2).view(n, c).sum(0)
+        if dense:
+            dy_rows = _rows(grad_out.contiguous(memory_format=torch.channels_last))
+            x_rows = _rows(x)
+            grad_a = _diagonal_blocks(dy_rows.t() @ x_rows, groups, g)
+            grad_b = dy_rows.sum(0)
+        else:
+            dy = grad_out.contiguous().view(n * groups, g, h * w)
+            xg = x.view(n * groups, g, h * w)
+            grad_a = _sum_over_samples(torch.bmm(dy, xg.transpose(1, 2)), n)
+            grad_b = dy.sum(dim=2).view(n, c).sum(0)
         present = [t for t in leaves if t is not None]
         with torch.enable_grad():
             grads = iter(torch.autograd.grad((a, b), present, (grad_a, grad_b), allow_unused=True))
@@ -344,18 +406,29 @@ class _BatchWhiten(torch.autograd.Function):
         )
         grad_x = None
         if ctx.needs_input_grad[0]:
-            count = ctx.count
             const = torch.zeros(c, dtype=x.dtype, device=x.device)
             if d_mean is not None:
                 const = d_mean / count
-            a_t = a.detach().transpose(1, 2).unsqueeze(0).expand(n, groups, g, g)
-            start = const.view(1, groups, g, 1).expand(n, groups, g, 1).reshape(n * groups, g, 1)
-            grad_x = torch.baddbmm(start, a_t.reshape(n * groups, g, g), dy)
+            a_d = a.detach()
+            sym = None
             if d_second is not None:
                 sym = (d_second + d_second.transpose(1, 2)) / count
-                sym_all = sym.unsqueeze(0).expand(n, groups, g, g).reshape(n * groups, g, g)
-                grad_x.baddbmm_(sym_all, xg)
-            grad_x = grad_x.view(n, c, h, w)
+            grad_x = _new_like(x, dense)
+            if dense:  # row form: dx = dy A + x D + c
+                gx = _rows(grad_x)
+                torch.addmm(const, dy_rows, torch.block_diag(*a_d), out=gx)
+                if sym is not None:
+                    gx.addmm_(x_rows, torch.block_diag(*sym))
+            else:
+                a_t = a_d.transpose(1, 2).unsqueeze(0).expand(n, groups, g, g)
+                start = const.view(1, groups, g, 1).expand(n, groups, g, 1)
+                gx = grad_x.view(n * groups, g, h * w)
+                torch.baddbmm(
+                    start.reshape(n * groups, g, 1), a_t.reshape(n * groups, g, g), dy, out=gx
+                )
+                if sym is not None:
+                    sym_all = sym.unsqueeze(0).expand(n, groups, g, g).reshape(n * groups, g, g)
+                    gx.baddbmm_(sym_all, xg)
         return grad_x, d_weight, d_bias, d_scale, None
 
 

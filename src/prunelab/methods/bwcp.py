@@ -453,6 +453,5 @@ class BWCP(Method):
         gates = prepare(model, x, opts)
         target = task.target if opts.target_control else None
         cb = BWCPCallback(gates, opts, target, task.metric)
-        # BW is written for NCHW tensors; channels_last would only add conversions.
-        model, history, final = fit(task, model, "bwcp", [cb], channels_last="off")
+        model, history, final = fit(task, model, "bwcp", [cb])
         return finish(task, model, gates, cb, opts, history, final)
