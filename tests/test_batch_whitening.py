@@ -212,3 +212,17 @@ def test_convert_swaps_every_batch_norm_and_keeps_parameters() -> None:
 def test_bad_input_shape_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="expects"):
         BatchWhitening2d(8)(torch.randn(2, 4, 3, 3))
+
+
+def test_autocast_runs_the_layer_in_float32() -> None:
+    layer = BatchWhitening2d(16, group_size=8)
+    x = torch.randn(8, 16, 4, 4)
+    ref = layer(x)
+    layer.running_mean.zero_()
+    layer.running_var.fill_(1.0)
+    layer.running_corr.copy_(torch.eye(8).repeat(2, 1, 1))
+    layer.num_batches_tracked.zero_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x.bfloat16())
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=0.1)  # only the bf16 rounding of the input differs

@@ -233,6 +233,13 @@ class BatchWhitening2d(nn.Module):
                 f"BatchWhitening2d({self.num_features}) expects (N, {self.num_features}, H, W), "
                 f"got {tuple(x.shape)}"
             )
+        if torch.is_autocast_enabled(x.device.type):
+            # Statistics and Newton iterations need float32; the next layer casts back.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._forward(x.float())
+        return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             out, mean, var, corr = _BatchWhiten.apply(
                 x, self.weight, self.bias, self.output_scale, self
