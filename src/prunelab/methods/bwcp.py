@@ -319,7 +319,7 @@ class BWCPOptions:
     control_every: int = 50  # steps between λ updates
     control_rate: float = 0.5  # η in λ <- λ exp(η (cost/target − 1))
     tolerance: float = 0.02  # relative distance to the target that counts as met
-    max_scale: float = 1e4  # bounds of the λ multiplier
+    max_scale: float = 100.0  # the λ multiplier stays in [1/max_scale, max_scale]
     enforce_target: bool = True  # move the hard threshold if training ends off target
 
     def validate(self) -> None:
