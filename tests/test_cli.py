@@ -63,6 +63,11 @@ def test_train_then_prune_then_eval_then_report(tmp_path: Path, capsys) -> None:
     model = io.load(prune_dir / "model.pt")
     assert sum(p.numel() for p in model.parameters()) == pruned["params"]
 
+    scratch_dir = tmp_path / "scratch"
+    args = ["prune", "model=resnet20", "checkpoint=null", f"reference={trained}", *SYNTH, "--quiet"]
+    assert main([*args, "--run-dir", str(scratch_dir)]) == 0
+    assert json.loads((scratch_dir / "summary.json").read_text())["rows"][0]["top1"] is not None
+
     assert main(["eval", str(prune_dir / "model.pt"), *SYNTH[:4]]) == 0
     assert "top-1" in capsys.readouterr().out
     report_dir = tmp_path / "cmp"

@@ -4,6 +4,7 @@ A configuration is a nested dict with these top-level keys:
 
     model: resnet20              # zoo name (prunelab models)
     checkpoint: path or null     # a prunelab.save file to start from
+    reference: path or null      # a trained dense model to compare with when training from scratch
     data: {name: cifar10_jpg, batch_size: 128, holdout: 0, ...}   # build_data arguments
     method: {name: random, <option>: value, ...}                  # prunelab methods
     target: 0.5                  # cost to reach, as a fraction of the dense model
@@ -26,8 +27,8 @@ import yaml
 from prunelab.errors import ConfigError
 
 TOP_LEVEL = {
-    "model", "checkpoint", "data", "method", "target", "metric", "train", "latency", "seed",
-    "run_dir", "quiet", "name",
+    "model", "checkpoint", "reference", "data", "method", "target", "metric", "train", "latency",
+    "seed", "run_dir", "quiet", "name",
 }  # fmt: skip
 
 # The offline default of `prunelab prune` (and `make demo`): the committed

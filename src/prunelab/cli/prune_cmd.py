@@ -13,7 +13,14 @@ import torch
 from prunelab import io
 from prunelab.atomic import atomic_write_text
 from prunelab.cli.config import dump
-from prunelab.cli.setup import apply_resolution, make_data, make_model, run_dir, say
+from prunelab.cli.setup import (
+    apply_resolution,
+    checkpoint_path,
+    make_data,
+    make_model,
+    run_dir,
+    say,
+)
 from prunelab.errors import ConfigError
 from prunelab.methods import PruneTask, get_method
 from prunelab.methods.finetune import accuracy
@@ -52,14 +59,18 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     dense = make_model(config, data).eval()
     if not method.trains_from_scratch and not config.get("checkpoint"):
         say(config, f"warning: {name} prunes a trained model but no checkpoint was given")
+    start_model = dense
+    if not config.get("checkpoint") and config.get("reference"):
+        # Training from scratch: compare with a trained dense model of the same architecture.
+        dense = io.load(checkpoint_path(str(config["reference"]))).eval()
     dense_input = torch.zeros(1, *data.effective_input_size)
     dense_top1 = None
-    if config.get("checkpoint"):
-        say(config, "evaluating the starting model")
+    if config.get("checkpoint") or config.get("reference"):
+        say(config, "evaluating the dense model")
         dense_top1 = accuracy(dense, data.test)
     say(config, f"pruning with {name} to {target:.0%} of the baseline {metric} -> {out}")
     task = PruneTask(
-        model=copy.deepcopy(dense), data=data, target=target, metric=metric, train=train,
+        model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
     )  # fmt: skip
     result = method.run(task)
