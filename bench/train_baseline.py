@@ -29,14 +29,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--run-dir", default="runs/baseline_resnet20")
     parser.add_argument("--out", default=str(CHECKPOINT))
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = build_data("cifar10_jpg", batch_size=128, seed=0)
     model = prunelab.create(args.model, num_classes=data.num_classes)
     config = TrainConfig(
         epochs=args.epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
         weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=0,
-        channels_last="on", threads=2, run_dir=args.run_dir,
+        channels_last="on", threads=args.threads, run_dir=args.run_dir,
         resume=(Path(args.run_dir) / "checkpoint.pt").exists(),
     )  # fmt: skip
     trainer = Trainer(model, data, config)
