@@ -10,7 +10,9 @@ crop + flip, channels_last) scaled down to what fits a shared 2-core CPU:
     abl_*            the paper's Table 3 at a third of the cost: EPOCHS "epochs" of
                      130 steps (full | bw_only | loss_only | no_bw | no_loss | hard_st)
 
-The sparsity loss starts after 1 epoch (warm-up) in every BWCP arm. Each
+The sparsity loss starts after 1 epoch (warm-up) in every BWCP arm, and every
+channel starts at activation probability 0.85 (β set accordingly; the paper's
+β = 0 puts every channel at P = 0.5, which a 6-epoch run cannot recover from). Each
 finished arm writes bench/results/bwcp_runs/<arm>.json (accuracy of the exported
 model, FLOPs and parameter ratios, per-epoch curves, channel probabilities with
 and without whitening, channel-correlation scores) and is skipped on a rerun.
@@ -45,7 +47,7 @@ RESULTS = Path("bench/results/bwcp_runs")
 EPOCHS = 6
 ABLATION_STEPS = 130  # a third of a CIFAR-10 epoch at batch 128
 PAPER = {"lambda1": 4e-5, "lambda2": 8e-5}
-COMMON = {"warmup_epochs": 1.0, "warmup_sampling": "expected"}
+COMMON = {"warmup_epochs": 1.0, "init_probability": 0.85}
 
 
 def _lam(factor: float) -> dict[str, Any]:

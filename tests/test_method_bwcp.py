@@ -106,6 +106,17 @@ def test_hard_masks_threshold_probabilities_at_one_half() -> None:
             assert torch.equal(masks[layer.name], expected)
 
 
+@pytest.mark.parametrize("whiten", [True, False])
+def test_initial_probability_is_set_through_beta(whiten: bool) -> None:
+    torch.manual_seed(0)
+    model = prunelab.create("resnet20")
+    gates = prepare(model, X, BWCPOptions(init_probability=0.85, whiten=whiten))
+    for p in gates.probabilities().values():
+        assert torch.allclose(p, torch.full_like(p, 0.85), atol=1e-4)
+    masks = gates.hard_unit_masks()
+    assert all(bool(m.all()) for m in masks.values())  # the full network to start
+
+
 def test_sparsity_loss_formula() -> None:
     _model, gates = _bwcp_model()
     got = gates.sparsity_loss(1e-3, 2e-3)

@@ -22,12 +22,15 @@ Trains and prunes from scratch in one pass:
    it, which starts a deep stage almost fully masked);
 6. the result is folded and exported (`bwcp_export`): a plain conv model.
 
-Two choices the paper leaves open, needed to train at all: whitened layers
-start at γ = 1/√g (with Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I,
-so γ = 1 would start every layer at √g = 4 times batch norm's scale and
-training at lr 0.1 stalls), and `warmup_sampling="expected"` optionally
-multiplies channels by P itself instead of Gumbel samples during the loss
-warm-up (at initialisation P is about 0.5 everywhere).
+Choices the paper leaves open: whitened layers start at γ = 1/√g (with
+Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I, so γ = 1 would start
+every layer at √g = 4 times batch norm's scale, and training at lr 0.1
+stalls). With β = 0 every channel starts at P ≈ 0.5, right on the hard-mask
+threshold: fine over the paper's 160 epochs, but a short schedule spends
+its first epochs lifting P, so `init_probability` can start all channels at
+a chosen P (the full network, which the loss then thins), and
+`warmup_sampling="expected"` can replace the Gumbel samples by P itself
+during the loss warm-up.
 
 Beyond the paper: with `target_control` the task's cost target is met
 without a hand search over λ. Every `control_every` steps the hard-mask
@@ -315,6 +318,11 @@ class BWCPOptions:
     # Start every whitened layer at γ = 1/√group_size: a group's output then starts with
     # unit variance, like batch norm (with γ = 1 it starts at √g and training stalls).
     reinit_gamma: bool = True
+    # Start every masked channel at activation probability `init_probability` by setting
+    # β (None: β = 0 as batch norm, which puts every channel at P ≈ 0.5, on the hard
+    # mask's threshold). A high start trains the full network first and lets the loss
+    # switch channels off, which short schedules need.
+    init_probability: float | None = None
     target_control: bool = False  # adapt λ so the hard-mask model meets task.target
     control_every: int = 50  # steps between λ updates
     control_rate: float = 0.5  # η in λ <- λ exp(η (cost/target − 1))
@@ -332,6 +340,10 @@ class BWCPOptions:
                 raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ConfigError(f"bwcp temperature must be > 0, got {self.temperature}")
+        if self.init_probability is not None and not 0 < self.init_probability < 1:
+            raise ConfigError(
+                f"bwcp init_probability must be in (0, 1), got {self.init_probability}"
+            )
         if self.shared_sources < 0:
             raise ConfigError(f"bwcp shared_sources must be >= 0, got {self.shared_sources}")
         if self.group_size < 1 or self.iterations < 1 or self.control_every < 1:
@@ -431,7 +443,28 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
         opts.shared_sources,
     )  # fmt: skip
     gates.pairs = pairs
+    if opts.init_probability is not None:
+        set_initial_probability(gates, opts.init_probability)
     return gates
+
+
+@torch.no_grad()
+def set_initial_probability(gates: ChannelGates, p0: float) -> None:
+    """Set every masked layer's β so each channel starts with activation probability `p0`.
+
+    P = Φ((β̂ − δ)/|γ̂|) with β̂ = Wβ, so β = W⁻¹(δ + z₀|γ̂|), z₀ = Φ⁻¹(p0), solved
+    per group with the layer's current (running) whitening matrix W.
+    """
+    z0 = math.sqrt(2.0) * float(torch.erfinv(torch.tensor(2.0 * p0 - 1.0)))
+    for layer in gates.layers:
+        mod = layer.module
+        if isinstance(mod, BatchWhitening2d):
+            gam_hat, _ = mod.equivalent_affine()
+            target = (gates.delta + z0 * gam_hat.abs()).view(mod.groups, mod.group_size, 1)
+            beta = torch.linalg.solve(mod.whitening_matrix(), target)
+            mod.bias.copy_(beta.reshape(-1))
+        else:
+            mod.bias.copy_(gates.delta + z0 * mod.weight.abs())
 
 
 @register_method
