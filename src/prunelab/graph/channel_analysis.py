@@ -8,9 +8,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from prunelab.errors import UnsupportedModelError
+from prunelab.graph.equivalence import Equivalence
 from prunelab.graph.groups import Group, LayerInfo, Member, Role
 from prunelab.graph.op_rules import OpRules
-from prunelab.graph.unionfind import UnionFind
 from prunelab.graph.values import _op_name, _Record, _shape, _Value, _where
 
 
@@ -21,8 +21,8 @@ class ChannelAnalysis(OpRules):
         self.gm = gm
         self.root = root
         self.ignored = ignored
-        self.ops = UnionFind()  # unions made by ops: define units
-        self.spaces = UnionFind()  # ops unions + "created together": define groups
+        self.ops = Equivalence()  # unions made by ops: define units
+        self.spaces = Equivalence()  # ops unions + "created together": define groups
         self.values: dict[fx.Node, object] = {}
         self.records: list[_Record] = []
         self.pinned: dict[int, str] = {}  # variable -> why it may not be pruned
@@ -38,8 +38,8 @@ class ChannelAnalysis(OpRules):
         return ids
 
     def tie(self, a: np.ndarray, b: np.ndarray) -> None:
-        self.ops.union_arrays(a, b)
-        self.spaces.union_arrays(a, b)
+        self.ops.tie(a, b)
+        self.spaces.tie(a, b)
 
     def pin(self, ids: np.ndarray, why: str) -> None:
         for i in ids.tolist():
@@ -174,8 +174,8 @@ class ChannelAnalysis(OpRules):
             new = []
             for p, i in zip(r.positions.tolist(), r.ids.tolist(), strict=True):
                 if p in first:
-                    self.ops.union(first[p], i)
-                    self.spaces.union(first[p], i)
+                    self.ops.tie(first[p], i)
+                    self.spaces.tie(first[p], i)
                 else:
                     new.append((p, i))
             if new:
