@@ -42,6 +42,7 @@ RUNS = Path("runs/chex_bench")
 EPOCHS = 15
 PRUNE_AT = 10  # uniform / random prune the dense weights after this many epochs
 ABLATION_STEPS = 130  # a third of a CIFAR-10 epoch at batch 128
+STEPS: int | None = None  # --steps-per-epoch: every arm's epoch length (None: whole epochs)
 TARGET = 0.5
 CHEX = {"delta0": 0.3, "interval": 1, "t_max": 0.72, "regrow": "sample"}
 ABLATIONS = {
@@ -64,7 +65,7 @@ def recipe(run_dir: Path | None, **changes: Any) -> TrainConfig:
         "epochs": EPOCHS, "batch_size": 128, "lr": 0.1, "momentum": 0.9, "nesterov": True,
         "weight_decay": 5e-4, "schedule": "cosine", "warmup_epochs": 1, "seed": 0,
         "channels_last": "on", "threads": threads(), "quiet": False,
-        "progress_seconds": 120.0,
+        "progress_seconds": 120.0, "steps_per_epoch": STEPS,
         "run_dir": str(run_dir) if run_dir else None, "resume": run_dir is not None,
     }  # fmt: skip
     return TrainConfig(**{**base, **changes})
@@ -141,7 +142,8 @@ def run_after_dense(arm: str) -> dict[str, Any]:
     model = prunelab.load(snap)
     # continue the dense run's schedule: the lr it had at epoch PRUNE_AT, cosine to 0
     dense_cfg = recipe(None)
-    lr = LRSchedule(dense_cfg, len(d.train), dense_cfg.lr).lr(PRUNE_AT * len(d.train))
+    steps = STEPS or len(d.train)
+    lr = LRSchedule(dense_cfg, steps, dense_cfg.lr).lr(PRUNE_AT * steps)
     train = recipe(RUNS / arm, epochs=EPOCHS - PRUNE_AT, lr=lr, warmup_epochs=0)
     task = PruneTask(model, d, target=TARGET, train=train, run_dir=RUNS / arm)
     t0 = time.perf_counter()
@@ -171,8 +173,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("arms", nargs="+")
     parser.add_argument("--smoke", action="store_true", help="3 steps an epoch, results in /tmp")
+    parser.add_argument("--steps-per-epoch", type=int, default=None,
+                        help="shorten every arm's epochs to this many steps")  # fmt: skip
     args = parser.parse_args()
-    global SMOKE, RESULTS, RUNS, PRUNE_AT
+    global SMOKE, RESULTS, RUNS, PRUNE_AT, STEPS
+    STEPS = args.steps_per_epoch
     if args.smoke:
         SMOKE, RESULTS, RUNS, PRUNE_AT = (
             True,

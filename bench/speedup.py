@@ -37,10 +37,14 @@ TRAIN_MODELS = ["resnet20", "resnet56"]
 TARGET = 0.5
 
 
-def prunelab_prune(model: nn.Module, x: torch.Tensor, round_to: int) -> tuple[nn.Module, float]:
+def prunelab_prune(
+    model: nn.Module, x: torch.Tensor, round_to: int, shortcuts: bool = True
+) -> tuple[nn.Module, float]:
     start = time.perf_counter()
     graph = prunelab.trace(model, x)
-    plan = planners.for_cost(model, graph, TARGET, criterion="l1", round_to=round_to)
+    plan = planners.for_cost(
+        model, graph, TARGET, criterion="l1", round_to=round_to, shortcuts=shortcuts
+    )
     pruned = prunelab.prune(model, plan)
     elapsed = time.perf_counter() - start
     keep = plan_cost(plan).flops / base_cost(graph).flops
@@ -56,9 +60,7 @@ def uniform_keep_fraction(model: nn.Module, x: torch.Tensor) -> float:
     return kept / sum(g.size for g in graph.prunable)
 
 
-def torch_pruning_prune(
-    model: nn.Module, x: torch.Tensor, keep: float
-) -> tuple[nn.Module, float]:
+def torch_pruning_prune(model: nn.Module, x: torch.Tensor, keep: float) -> tuple[nn.Module, float]:
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
@@ -73,6 +75,31 @@ def torch_pruning_prune(
     )
     pruner.step()
     return model, time.perf_counter() - start
+
+
+def _median_seconds(fn, repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def trace_part() -> list[dict]:
+    """Graph building alone (median of 5): prunelab.trace vs Torch-Pruning's dependency graph."""
+    import torch_pruning as tp
+
+    rows = []
+    x = torch.randn(1, 3, 224, 224)
+    for name in [*INFERENCE_MODELS, "resnet18", "vgg16_bn", "regnet_x_400mf"]:
+        model = prunelab.create(name).eval()
+        ours = _median_seconds(lambda m=model: prunelab.trace(m, x))
+        theirs = _median_seconds(lambda m=model: tp.DependencyGraph().build_dependency(m, x))
+        rows.append({"model": name, "prunelab_trace_s": ours, "tp_graph_s": theirs,
+                     "ratio": ours / theirs})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def best_layout(stats: dict[str, prunelab.metrics.LatencyStats], name: str) -> tuple[str, float]:
@@ -91,6 +118,9 @@ def inference_part(repeats: int) -> list[dict]:
         variants = {"dense": (dense, 0.0)}
         variants["prunelab"] = prunelab_prune(dense, x1, round_to=1)
         variants["prunelab_r8"] = prunelab_prune(dense, x1, round_to=8)
+        # Residual-coupled groups left whole: the block inputs and outputs keep their
+        # width, the pruned channels are all inside blocks (CHEX's default strategy).
+        variants["prunelab_inner_r8"] = prunelab_prune(dense, x1, round_to=8, shortcuts=False)
         variants["torch_pruning"] = torch_pruning_prune(dense, x1, keep)
         flops = {k: prunelab.count(m, x1).flops for k, (m, _) in variants.items()}
         models, layouts = {}, {}
@@ -133,6 +163,7 @@ def train_part(repeats: int) -> list[dict]:
         variants = {"dense": dense}
         for r in (1, 8, 16):
             variants[f"prunelab_r{r}"] = prunelab_prune(dense, x1, round_to=r)[0]
+        variants["prunelab_inner_r8"] = prunelab_prune(dense, x1, 8, shortcuts=False)[0]
         variants["torch_pruning"] = torch_pruning_prune(dense, x1, keep)[0]
         flops = {k: prunelab.count(m, x1).flops for k, m in variants.items()}
         models, layouts = {}, {}
@@ -172,7 +203,7 @@ def markdown(rows: list[dict], keys: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["all", "inference", "train"], default="all")
+    parser.add_argument("--part", choices=["all", "inference", "train", "trace"], default="all")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--out", default="bench/results/speedup.json")
     args = parser.parse_args()
@@ -184,6 +215,9 @@ def main() -> None:
         keys = ["model", "variant", "flops_ratio", "latency_ms", "layout", "speedup",
                 "efficiency", "trace_prune_s"]  # fmt: skip
         print(markdown(results["inference"], keys))
+    if args.part in ("all", "trace"):
+        results["trace"] = trace_part()
+        print(markdown(results["trace"], ["model", "prunelab_trace_s", "tp_graph_s", "ratio"]))
     if args.part in ("all", "train"):
         results["train"] = train_part(args.repeats)
         keys = ["model", "variant", "flops_ratio", "nchw_ms", "cl_ms", "speedup", "efficiency"]
