@@ -163,7 +163,8 @@ def train_part(repeats: int) -> list[dict]:
         variants = {"dense": dense}
         for r in (1, 8, 16):
             variants[f"prunelab_r{r}"] = prunelab_prune(dense, x1, round_to=r)[0]
-        variants["prunelab_inner_r8"] = prunelab_prune(dense, x1, 8, shortcuts=False)[0]
+        for r in (8, 16):  # block outputs whole: only widths inside blocks change
+            variants[f"prunelab_inner_r{r}"] = prunelab_prune(dense, x1, r, shortcuts=False)[0]
         variants["torch_pruning"] = torch_pruning_prune(dense, x1, keep)[0]
         flops = {k: prunelab.count(m, x1).flops for k, m in variants.items()}
         models, layouts = {}, {}

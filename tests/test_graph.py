@@ -12,6 +12,8 @@ import torchvision
 from prunelab import models
 from prunelab.errors import PrunelabError, UnsupportedModelError
 from prunelab.graph import ChannelMask, Plan, prune, trace
+from prunelab.graph.cost import plan_cost
+from prunelab.metrics import count
 from tests._contract import assert_close_rel, masked_and_pruned, random_plan
 from tests._nets import (
     ConvBN,
@@ -48,6 +50,9 @@ def _check_contract(model: nn.Module, x: torch.Tensor, keeps: tuple[float, ...])
         assert a.shape == b.shape
         assert_close_rel(a, b)
         assert sum(p.numel() for p in pruned.parameters()) < dense_params
+        # the analytic cost planners search with is what counting the pruned model gives
+        counted = count(pruned, x[:1])
+        assert (plan_cost(plan).flops, plan_cost(plan).params) == (counted.flops, counted.params)
 
 
 @pytest.mark.parametrize("name", TORCHVISION)

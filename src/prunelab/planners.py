@@ -18,12 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError
-from prunelab.graph.cost import PlanCost, base_cost, cost_of_masks
+from prunelab.graph.cost import PlanCost, base_cost, cost_model
 from prunelab.graph.groups import ChannelGraph, Group
 from prunelab.graph.plan import Plan, add_survivors, round_keep
 
@@ -170,8 +171,10 @@ def for_cost(
             return _global_counts(groups, _normalized(scores, normalize), frac, round_to)
         raise ConfigError(f"unknown strategy {strategy!r}; use 'uniform' or 'global'")
 
+    costs = _CountsCost(graph, scores)
+
     def cost(counts: Mapping[int, int]) -> int:
-        return _cost_of_counts(graph, scores, counts)[metric]
+        return costs(counts)[metric]
 
     smallest = counts_at(0.0)
     if cost(smallest) > goal * (1 + tolerance):
@@ -228,13 +231,23 @@ def _refine(
     return counts
 
 
-def _cost_of_counts(graph: ChannelGraph, scores: Scores, counts: Mapping[int, int]) -> PlanCost:
-    masks = {}
-    for g, n in counts.items():
-        mask = torch.zeros(len(scores[g]), dtype=torch.bool)
-        mask[_kept_units(graph, scores, g, n)] = True
-        masks[g] = mask
-    return cost_of_masks(graph, masks)
+class _CountsCost:
+    """Cost of kept counts per group; each group's mask at each count is made once."""
+
+    def __init__(self, graph: ChannelGraph, scores: Scores) -> None:
+        self.graph, self.scores = graph, scores
+        self.model = cost_model(graph)
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
+
+    def mask(self, g: int, n: int) -> np.ndarray:
+        if (g, n) not in self._masks:
+            mask = np.zeros(len(self.scores[g]), dtype=bool)
+            mask[_kept_units(self.graph, self.scores, g, n).numpy()] = True
+            self._masks[(g, n)] = mask
+        return self._masks[(g, n)]
+
+    def __call__(self, counts: Mapping[int, int]) -> PlanCost:
+        return self.model.cost({g: self.mask(g, n) for g, n in counts.items()})
 
 
 def _normalized(scores: Scores, how: str) -> Scores:

@@ -9,9 +9,10 @@ gives the same numbers.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from prunelab.graph.groups import ChannelGraph
@@ -27,26 +28,72 @@ class PlanCost:
         return int(getattr(self, metric))
 
 
-def _shapes(graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> dict[tuple[str, str], list[int]]:
-    shapes = {k: list(s) for k, s in graph.param_shapes.items()}
-    for gi, mask in keep.items():
-        gone = ~mask
-        if not gone.any():
-            continue
-        for m in graph.groups[gi].members:
-            shapes[(m.module, m.param)][m.dim] -= int(gone[m.units].sum())
-    return shapes
+class CostModel:
+    """The costs of keep-masks on one graph, vectorised for searches that try thousands.
+
+    Every dimension of every tensor gets a slot in one array of sizes (slot 0 is
+    a constant 1 that pads shorter shapes). A group's members subtract from their
+    slots the positions its removed units own: one product of a (members x units)
+    count matrix with the removed-units vector. FLOPs and params are then array
+    arithmetic over the slots, with no Python loop over layers.
+    """
+
+    def __init__(self, graph: ChannelGraph) -> None:
+        self.graph = graph
+        rank = max((len(s) for s in graph.param_shapes.values()), default=1)
+        sizes, slot = [1], {}
+        param_slots = np.zeros((len(graph.param_shapes), rank), dtype=np.int64)
+        for i, ((module, param), shape) in enumerate(graph.param_shapes.items()):
+            for d, n in enumerate(shape):
+                slot[(module, param, d)] = param_slots[i, d] = len(sizes)
+                sizes.append(n)
+        self._slot = slot
+        self._sizes = np.array(sizes, dtype=np.int64)
+        self._param_slots = param_slots
+        self._counted = np.array([k not in graph.buffer_keys for k in graph.param_shapes])
+        layers = list(graph.layers.values())
+        self._out = np.array([slot[(ly.module, "weight", 0)] for ly in layers], dtype=np.int64)
+        self._in = np.array([slot[(ly.module, "weight", 1)] for ly in layers], dtype=np.int64)
+        self._factor = np.array([ly.out_spatial * ly.kernel for ly in layers], dtype=np.int64)
+        self._members: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _group(self, gi: int) -> tuple[np.ndarray, np.ndarray]:
+        if gi not in self._members:  # built on first use: most searches touch few groups
+            group = self.graph.groups[gi]
+            slots = np.array([self._slot[m.key] for m in group.members])
+            owned = np.stack(
+                [np.bincount(m.units.numpy(), minlength=group.size) for m in group.members]
+            )
+            self._members[gi] = (slots.astype(np.int64), owned.astype(np.int64))
+        return self._members[gi]
+
+    def sizes(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> np.ndarray:
+        """Every slot's size after keeping the units where each group's mask is True."""
+        sizes = self._sizes.copy()
+        for gi, mask in keep.items():
+            gone = ~np.asarray(mask, dtype=bool)
+            if gone.any():
+                slots, owned = self._group(gi)
+                np.subtract.at(sizes, slots, owned @ gone.astype(np.int64))
+        return sizes
+
+    def cost(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> PlanCost:
+        sizes = self.sizes(keep)
+        flops = int((self._factor * sizes[self._out] * sizes[self._in]).sum())
+        params = int(sizes[self._param_slots].prod(axis=1)[self._counted].sum())
+        return PlanCost(flops=flops, params=params)
 
 
-def cost_of_masks(graph: ChannelGraph, keep: dict[int, torch.Tensor]) -> PlanCost:
+def cost_model(graph: ChannelGraph) -> CostModel:
+    """The graph's cost model, built once and kept on the graph."""
+    if graph.cost_model is None:
+        graph.cost_model = CostModel(graph)
+    return graph.cost_model
+
+
+def cost_of_masks(graph: ChannelGraph, keep: Mapping[int, torch.Tensor]) -> PlanCost:
     """Cost after keeping the units where each group's bool mask is True."""
-    shapes = _shapes(graph, keep)
-    flops = 0
-    for layer in graph.layers.values():
-        w = shapes[(layer.module, "weight")]
-        flops += layer.out_spatial * w[0] * w[1] * layer.kernel
-    params = sum(math.prod(s) for k, s in shapes.items() if k not in graph.buffer_keys)
-    return PlanCost(flops=flops, params=params)
+    return cost_model(graph).cost(keep)
 
 
 def plan_cost(plan: Plan) -> PlanCost:

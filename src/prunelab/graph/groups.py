@@ -12,7 +12,7 @@ group removes, in every member, the positions that belong to unit i.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -137,6 +137,8 @@ class ChannelGraph:
     input_shape: tuple[int, ...]
     module_types: dict[str, type] = field(default_factory=dict)
     buffer_keys: frozenset[tuple[str, str]] = frozenset()
+    # prunelab.graph.cost.CostModel, made on first use (kept here so searches share it)
+    cost_model: Any = field(default=None, repr=False, compare=False)
 
     @property
     def prunable(self) -> list[Group]:
