@@ -34,6 +34,9 @@ def test_overrides_parse_as_yaml_values() -> None:
     assert parse_override("checkpoint=null") == {"checkpoint": None}
     cfg = build_config({"train": {"lr": 0.1}}, [], ["train.epochs=2", "method=uniform"])
     assert cfg["train"] == {"lr": 0.1, "epochs": 2} and cfg["method"] == {"name": "uniform"}
+    switched = build_config({"method": {"name": "uniform", "criterion": "l2"}}, [],
+                            ["method=random", "method.candidates=4"])  # fmt: skip
+    assert switched["method"] == {"name": "random", "candidates": 4}
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("train.epochs")
     with pytest.raises(ConfigError, match="unknown config key"):
@@ -122,3 +125,31 @@ def test_every_shipped_config_is_valid() -> None:
             get_method(method.pop("name"))(**method)
         TrainConfig.from_dict(cfg.get("train") or {})
         assert yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("random", ["method.candidates=3", "method.bn_batches=1", "data.holdout=32"]),
+        ("chex", ["checkpoint=null", "train.epochs=2"]),
+        ("bwcp", ["checkpoint=null", "method.target_control=true"]),
+        ("dwr", ["method.dims=[width, resolution]", "method.rounds=1", "method.round_epochs=1",
+                 "data.holdout=32", "method.probe_batches=1"]),
+    ],
+)  # fmt: skip
+def test_every_method_runs_from_the_command_line(
+    method: str, extra: list[str], tmp_path: Path
+) -> None:
+    """`prunelab prune method=...` goes from a model to a saved, smaller model and a report."""
+    train_dir = tmp_path / "train"
+    assert main(["train", "model=resnet20", *SYNTH, "--quiet", "--run-dir", str(train_dir)]) == 0
+    run = tmp_path / method
+    args = ["prune", f"checkpoint={train_dir / 'model.pt'}", "model=resnet20", f"method={method}",
+            "target=0.5", *SYNTH, *extra, "--quiet", "--run-dir", str(run)]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    dense, pruned = summary["rows"]
+    assert abs(pruned["flops"] / dense["flops"] - 0.5) <= 0.03, (method, pruned, dense)
+    model = io.load(run / "model.pt")
+    assert sum(p.numel() for p in model.parameters()) == pruned["params"]
+    assert (run / "report.md").is_file()

@@ -112,20 +112,24 @@ def build_config(
     defaults: dict[str, Any], files: list[str], overrides: list[str]
 ) -> dict[str, Any]:
     """Defaults, then each YAML file, then each override, validated at the top level."""
-    config = copy.deepcopy(defaults)
+    config = _method_as_mapping(copy.deepcopy(defaults))
+    # `method=random` names a new method (its own defaults); `method.x=...` then sets options
     for f in files:
-        config = merge(config, load_yaml(f))
+        config = _method_as_mapping(merge(config, load_yaml(f)))
     for o in overrides:
-        config = merge(config, parse_override(o))
+        config = _method_as_mapping(merge(config, parse_override(o)))
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
     for section in ("data", "train", "latency"):
         if not isinstance(config.get(section) or {}, dict):
             raise ConfigError(f"config {section!r} must be a mapping")
-    method = config.get("method")
-    if isinstance(method, str):
-        config["method"] = {"name": method}
+    return config
+
+
+def _method_as_mapping(config: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(config.get("method"), str):
+        config["method"] = {"name": config["method"]}
     return config
 
 
