@@ -17,8 +17,8 @@ from prunelab.graph.values import _op_name, _Record, _shape, _Value, _where
 class ChannelAnalysis(OpRules):
     """One pass over an fx graph that records channel variables and members."""
 
-    def __init__(self, gm: fx.GraphModule, root: nn.Module, ignored: set[str]) -> None:
-        self.gm = gm
+    def __init__(self, graph: fx.Graph, root: nn.Module, ignored: set[str]) -> None:
+        self.graph = graph  # traced from `root`: its targets are `root`'s attribute paths
         self.root = root
         self.ignored = ignored
         self.ops = Equivalence()  # unions made by ops: define units
@@ -113,8 +113,13 @@ class ChannelAnalysis(OpRules):
         members: list[list[Member]] = [[] for _ in group_roots]
         for r in records:
             groups_of = group_of_var[r.ids]
-            for g in np.unique(groups_of).tolist():
-                sel = groups_of == g
+            if not len(groups_of):
+                continue
+            if (groups_of == groups_of[0]).all():  # the common case: one group, no sorting
+                parts = [(int(groups_of[0]), slice(None))]
+            else:
+                parts = [(g, groups_of == g) for g in np.unique(groups_of).tolist()]
+            for g, sel in parts:
                 members[g].append(
                     Member(
                         r.module,

@@ -41,7 +41,7 @@ class OpRules:
     """Channel rules of torch ops; mixed into ChannelAnalysis."""
 
     def run(self) -> None:
-        for node in self.gm.graph.nodes:
+        for node in self.graph.nodes:
             if node.op == "placeholder":
                 self.visit_placeholder(node)
             elif node.op == "get_attr":
@@ -66,7 +66,7 @@ class OpRules:
     def visit_get_attr(self, node: fx.Node) -> None:
         path = str(node.target)
         owner, _, name = path.rpartition(".")
-        obj = self.gm
+        obj = self.root
         for part in path.split("."):
             obj = getattr(obj, part)
         if isinstance(obj, torch.Tensor):
@@ -75,7 +75,7 @@ class OpRules:
     # modules ----------------------------------------------------------------
     def visit_module(self, node: fx.Node) -> None:
         name = str(node.target)
-        mod = self.gm.get_submodule(name)
+        mod = self.root.get_submodule(name)
         inputs = self.tracked_inputs(node)
         x = inputs[0] if inputs else None
         if isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed:

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 import torch
 import torch.fx as fx
 import torch.nn as nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.channel_analysis import ChannelAnalysis
@@ -46,6 +45,20 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+class _ShapePass(fx.Interpreter):
+    """Run the traced graph on the model's own modules, noting each tensor's shape.
+
+    Lighter than building a GraphModule and running ShapeProp: no code generation,
+    no copied attributes, and only the shape is kept.
+    """
+
+    def run_node(self, n: fx.Node) -> object:
+        out = super().run_node(n)
+        if isinstance(out, torch.Tensor):
+            n.meta["prunelab_shape"] = tuple(out.shape)
+        return out
+
+
 def trace(
     model: nn.Module,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
@@ -61,13 +74,15 @@ def trace(
     Raises UnsupportedModelError, naming the op and module, for anything the
     tracer cannot prune through. The model is not modified.
     """
-    names = {id(m): n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    names = {id(m): n for n, m in modules.items()}
     ignored = {names.get(id(i), "") if isinstance(i, nn.Module) else str(i) for i in ignore}
     unknown = ignored - set(names.values())
     if unknown:
         raise KeyError(f"ignore names modules the model does not have: {sorted(unknown)}")
     was_training = model.training
-    model.eval()
+    if was_training:  # switching modes walks every module: only when needed
+        model.eval()
     try:
         try:
             graph = _Tracer(leaves).trace(model)
@@ -75,41 +90,44 @@ def trace(
             raise UnsupportedModelError(
                 "python control flow", type(model).__name__, f"torch.fx cannot trace it: {exc}"
             ) from exc
-        gm = fx.GraphModule(model, graph)
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(*inputs)
+                _ShapePass(model, graph=graph).run(*inputs)
         except Exception as exc:
             raise UnsupportedModelError(
                 "forward", type(model).__name__, f"running the traced model failed: {exc}"
             ) from exc
-        analysis = ChannelAnalysis(gm, model, ignored)
+        analysis = ChannelAnalysis(graph, model, ignored)
         analysis.run()
-        param_shapes = _param_shapes(model)
+        param_shapes, buffer_keys = _tensor_shapes(modules)
         groups = analysis.build(param_shapes)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     return ChannelGraph(
         groups=groups,
         layers=analysis.layers,
         param_shapes=param_shapes,
         input_shape=tuple(inputs[0].shape),
-        module_types={n: type(m) for n, m in model.named_modules()},
-        buffer_keys=frozenset(
-            (mn, bn)
-            for mn, mod in model.named_modules()
-            for bn, _ in mod.named_buffers(recurse=False)
-        ),
+        module_types={n: type(m) for n, m in modules.items()},
+        buffer_keys=buffer_keys,
     )
 
 
-def _param_shapes(model: nn.Module) -> dict[tuple[str, str], tuple[int, ...]]:
+def _tensor_shapes(
+    modules: dict[str, nn.Module],
+) -> tuple[dict[tuple[str, str], tuple[int, ...]], frozenset[tuple[str, str]]]:
+    """Shapes of every parameter and non-scalar buffer, and which keys are buffers."""
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
-    for mname, mod in model.named_modules():
-        for pname, p in mod.named_parameters(recurse=False):
-            shapes[(mname, pname)] = tuple(p.shape)
-        for bname, b in mod.named_buffers(recurse=False):
-            if b is not None and b.dim() > 0:
-                shapes[(mname, bname)] = tuple(b.shape)
-    return shapes
+    buffers = []
+    for mname, mod in modules.items():
+        for pname, p in mod._parameters.items():
+            if p is not None:
+                shapes[(mname, pname)] = tuple(p.shape)
+        for bname, b in mod._buffers.items():
+            if b is not None:
+                buffers.append((mname, bname))
+                if b.dim() > 0:
+                    shapes[(mname, bname)] = tuple(b.shape)
+    return shapes, frozenset(buffers)

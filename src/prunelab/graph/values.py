@@ -65,7 +65,4 @@ def _op_name(node: fx.Node) -> str:
 
 
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        return None
-    return tuple(int(s) for s in meta.shape)
+    return node.meta.get("prunelab_shape")  # set by the tracer's shape pass for tensors
