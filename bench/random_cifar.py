@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--criteria", nargs="+", default=CRITERIA)
+    parser.add_argument("--random-only", action="store_true",
+                        help="compare: skip the uniform arm (deterministic, the same every seed)")
     parser.add_argument("--candidates", type=int, default=SEARCH["candidates"])
     # For smoke tests of this script: another checkpoint, folders, fewer steps.
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
@@ -143,8 +145,9 @@ def main() -> None:
         if args.experiment == "compare":
             run_one(f"compare_random_l1_s{seed}", "random", {**search, "criterion": "l1"}, seed,
                     args.epochs, args)  # fmt: skip
-            run_one(f"compare_uniform_l1_s{seed}", "uniform", {"criterion": "l1", "round_to": 8},
-                    seed, args.epochs, args)  # fmt: skip
+            if not args.random_only:  # the uniform plan and its fine-tune do not vary by seed
+                run_one(f"compare_uniform_l1_s{seed}", "uniform",
+                        {"criterion": "l1", "round_to": 8}, seed, args.epochs, args)  # fmt: skip
         else:
             for criterion in args.criteria:
                 run_one(f"criteria_{criterion}_s{seed}", "random",
