@@ -14,14 +14,7 @@ from prunelab.criteria.es import TIE_BREAK, conv_sensitivity, conv_shares
 from prunelab.graph import Plan, prune, trace
 from tests._nets import ConvBN, Residual, randomize_bn
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared, loaded machine two spinning threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _brute_es(a: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,13 +29,7 @@ from prunelab.train import TrainConfig
 X = torch.zeros(1, 3, 32, 32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and does not fight other jobs on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bwcp_model(name: str = "resnet20", seed: int = 0, **opts: object) -> tuple:

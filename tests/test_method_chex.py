@@ -20,13 +20,7 @@ from prunelab.methods.base import PruneTask, get_method
 from prunelab.methods.chex import ChexCallback, ChexOptions, surgery
 from prunelab.train import Callback, TrainConfig, Trainer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n_train: int = 64):

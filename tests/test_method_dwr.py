@@ -29,14 +29,7 @@ from prunelab.methods.dwr_model import (
 from prunelab.methods.dwr_probe import dbp_importance
 from prunelab.train import TrainConfig
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors run faster on one thread, above all on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------ the MAP

@@ -22,13 +22,7 @@ from prunelab.train import TrainConfig
 X = torch.zeros(1, 3, 16, 16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread: on a shared, loaded machine two spinning threads are many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
