@@ -45,18 +45,50 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-class _ShapePass(fx.Interpreter):
-    """Run the traced graph on the model's own modules, noting each tensor's shape.
+def _propagate_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[torch.Tensor, ...]) -> None:
+    """Run the traced graph on the model's own modules and note each tensor's shape.
 
-    Lighter than building a GraphModule and running ShapeProp: no code generation,
-    no copied attributes, and only the shape is kept.
+    A plain loop instead of fx.Interpreter (or a GraphModule plus ShapeProp): no
+    code generation, no attribute copies, no per-node context managers, so the
+    pass costs little more than the forward itself. Values are dropped after their
+    last use, so peak memory stays that of a normal forward.
     """
+    modules = dict(model.named_modules())
+    last_use: dict[fx.Node, fx.Node] = {}
+    for node in graph.nodes:
+        for used in node.all_input_nodes:
+            last_use[used] = node
+    dying: dict[fx.Node, list[fx.Node]] = {}
+    for used, user in last_use.items():
+        dying.setdefault(user, []).append(used)
+    env: dict[fx.Node, object] = {}
+    given = iter(inputs)
 
-    def run_node(self, n: fx.Node) -> object:
-        out = super().run_node(n)
+    def load(a: object) -> object:
+        return fx.node.map_arg(a, env.__getitem__)
+
+    for node in graph.nodes:
+        op, target = node.op, node.target
+        if op == "placeholder":
+            out = next(given, node.args[0] if node.args else None)
+        elif op == "get_attr":
+            out = model
+            for part in str(target).split("."):
+                out = getattr(out, part)
+        elif op == "call_module":
+            out = modules[str(target)](*load(node.args), **load(node.kwargs))
+        elif op == "call_function":
+            out = target(*load(node.args), **load(node.kwargs))
+        elif op == "call_method":
+            obj, *rest = load(node.args)
+            out = getattr(obj, str(target))(*rest, **load(node.kwargs))
+        else:  # output
+            break
+        env[node] = out
         if isinstance(out, torch.Tensor):
-            n.meta["prunelab_shape"] = tuple(out.shape)
-        return out
+            node.meta["prunelab_shape"] = tuple(out.shape)
+        for done in dying.get(node, ()):
+            env.pop(done, None)
 
 
 def trace(
@@ -93,7 +125,7 @@ def trace(
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         try:
             with torch.no_grad():
-                _ShapePass(model, graph=graph).run(*inputs)
+                _propagate_shapes(model, graph, inputs)
         except Exception as exc:
             raise UnsupportedModelError(
                 "forward", type(model).__name__, f"running the traced model failed: {exc}"
