@@ -117,8 +117,10 @@ class ChannelAnalysis(OpRules):
                 continue
             if (groups_of == groups_of[0]).all():  # the common case: one group, no sorting
                 parts = [(int(groups_of[0]), slice(None))]
-            else:
-                parts = [(g, groups_of == g) for g in np.unique(groups_of).tolist()]
+            else:  # a concatenation's consumer: split by group, keeping position order
+                order = np.argsort(groups_of, kind="stable")
+                cuts = np.flatnonzero(np.diff(groups_of[order])) + 1
+                parts = [(int(groups_of[idx[0]]), idx) for idx in np.split(order, cuts)]
             for g, sel in parts:
                 members[g].append(
                     Member(
