@@ -126,7 +126,7 @@ def inference_part(repeats: int) -> list[dict]:
         # Deployment: batch norms folded into the convolutions before them, dense and
         # pruned alike (what remains scales with the FLOPs more closely).
         for k in ("dense", "prunelab_r8", "prunelab_inner_r8"):
-            variants[f"{k}+fold"] = (fold_batch_norms(variants[k][0]), variants[k][1])
+            variants[f"{k}+fold"] = (prunelab.fold_batch_norms(variants[k][0]), variants[k][1])
             flops[f"{k}+fold"] = flops[k]
         models, layouts = {}, {}
         for k, (m, _) in variants.items():
@@ -156,13 +156,6 @@ def inference_part(repeats: int) -> list[dict]:
             )
             print(json.dumps(rows[-1]), flush=True)
     return rows
-
-
-def fold_batch_norms(model: nn.Module) -> nn.Module:
-    """A copy of the eval-mode model with each conv-then-BN pair folded into one conv."""
-    from torch.fx.experimental.optimization import fuse
-
-    return fuse(copy.deepcopy(model).eval())
 
 
 def train_part(repeats: int) -> list[dict]:

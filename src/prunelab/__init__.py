@@ -12,6 +12,7 @@ Costs are multiply-accumulates (MACs), called FLOPs as the pruning papers do.
 """
 
 from prunelab import planners
+from prunelab.deploy import fold_batch_norms
 from prunelab.errors import (
     ConfigError,
     CorruptFileError,
@@ -46,6 +47,7 @@ __all__ = [
     "count",
     "create",
     "create_from_arch",
+    "fold_batch_norms",
     "list_models",
     "load",
     "measure_latency",
