@@ -24,7 +24,7 @@ ARMS = ["dense", "chex", "uniform", "random"]
 ABLATIONS = ["abl_sample", "abl_topk", "abl_gradual", "abl_shortcuts"]
 LABELS = {
     "dense": "dense (15 ep)",
-    "chex": "CHEX (15 ep from scratch)",
+    "chex": "CHEX (15 ep from scratch, probabilistic regrow)",
     "uniform": "uniform l1 (10 ep dense + prune + 5 ep)",
     "random": "random search (10 ep dense + prune + 5 ep)",
     "abl_sample": "CHEX, probabilistic regrow (default)",
@@ -130,20 +130,32 @@ def plot_curves(recs: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _steps(rec: dict[str, Any]) -> int | None:
+    history = rec.get("history") or []
+    return history[-1].get("step") if history else None
+
+
+def _same_length(recs: dict[str, dict[str, Any]], a: str, b: str) -> bool:
+    """Whether two arms trained for the same number of steps (or `b` has not run yet)."""
+    return b not in recs or _steps(recs[a]) == _steps(recs[b])
+
+
 def tables(recs: dict[str, dict[str, Any]]) -> str:
     lines = []
     dense = recs.get("dense", {}).get("top1")
     head = "| arm | top-1 (%) | gap to dense | FLOPs | params | train FLOPs | wall (min) |"
     lines += [head, "|---|---|---|---|---|---|---|"]
+    if "abl_sample" not in recs and "chex" in recs and _same_length(recs, "chex", "abl_topk"):
+        recs = {**recs, "abl_sample": recs["chex"]}  # the main CHEX run is the default arm
     for arm in ARMS + ABLATIONS:
         if arm == "abl_sample":
-            lines += ["", "Ablations (15 epochs of 130 steps, a third of the main runs' cost):", "",
+            lines += ["", "Ablations (the same epochs and steps as the CHEX run):", "",
                       head, "|---|---|---|---|---|---|---|"]  # fmt: skip
         if arm not in recs:
             lines.append(f"| {LABELS[arm]} | not run | | | | | |")
             continue
         r = recs[arm]
-        gap = f"{r['top1'] - dense:+.2f}" if dense is not None and arm in ARMS else ""
+        gap = f"{r['top1'] - dense:+.2f}" if dense is not None else ""
         tf = r.get("info", {}).get("train_flops_ratio")
         if arm in ("uniform", "random"):  # 10 dense epochs, then 5 on the pruned model
             tf = (10 + 5 * r["cost"]["flops"]) / 15
