@@ -57,6 +57,7 @@ def _lam(factor: float) -> dict[str, Any]:
 ABL_LAM = 32.0
 ARMS: dict[str, dict[str, Any] | None] = {
     "dense": None,
+    "lam_1": _lam(1),
     "lam_8": _lam(8),
     "lam_32": _lam(32),
     "lam_128": _lam(128),

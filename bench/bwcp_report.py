@@ -20,10 +20,11 @@ import matplotlib.pyplot as plt
 
 RESULTS = Path("bench/results")
 RUNS = RESULTS / "bwcp_runs"
-MAIN = ["dense", "lam_8", "lam_32", "lam_128", "target50"]
+MAIN = ["dense", "lam_1", "lam_8", "lam_32", "lam_128", "target50"]
 ABLATIONS = ["abl_full", "abl_bw_only", "abl_loss_only", "abl_no_bw", "abl_no_loss", "abl_hard_st"]
 LABELS = {
     "dense": "dense BN (no pruning)",
+    "lam_1": "BWCP, paper λ (4e-5, 8e-5)",
     "lam_8": "BWCP, λ x 8",
     "lam_32": "BWCP, λ x 32",
     "lam_128": "BWCP, λ x 128",
