@@ -120,12 +120,15 @@ def inference_part(repeats: int) -> list[dict]:
         variants["prunelab_r8"] = prunelab_prune(dense, x1, round_to=8)
         # Residual-coupled groups left whole: the block inputs and outputs keep their
         # width, the pruned channels are all inside blocks (CHEX's default strategy).
-        variants["prunelab_inner_r8"] = prunelab_prune(dense, x1, round_to=8, shortcuts=False)
+        try:
+            variants["prunelab_inner_r8"] = prunelab_prune(dense, x1, 8, shortcuts=False)
+        except prunelab.InfeasibleBudgetError as exc:  # too little FLOPs inside the blocks
+            print(f"{name}: no inner-only plan at {TARGET:.0%} FLOPs ({exc})", flush=True)
         variants["torch_pruning"] = torch_pruning_prune(dense, x1, keep)
         flops = {k: prunelab.count(m, x1).flops for k, (m, _) in variants.items()}
         # Deployment: batch norms folded into the convolutions before them, dense and
         # pruned alike (what remains scales with the FLOPs more closely).
-        for k in ("dense", "prunelab_r8", "prunelab_inner_r8"):
+        for k in [k for k in ("dense", "prunelab_r8", "prunelab_inner_r8") if k in variants]:
             variants[f"{k}+fold"] = (prunelab.fold_batch_norms(variants[k][0]), variants[k][1])
             flops[f"{k}+fold"] = flops[k]
         models, layouts = {}, {}
