@@ -338,3 +338,57 @@ def test_gates_skip_groups_the_engine_cannot_prune() -> None:
     assert gates.skipped == ["bn1"]  # the stem's stage group is fixed by `ignore`
     assert [layer.name for layer in gates.layers] == ["layer1.0.bn1"]
     gates.remove()
+
+
+# ---------------------------------------------------------- recalibration
+def test_whitening_reset_running_stats_restores_the_initial_estimates() -> None:
+    bw = BatchWhitening2d(32, group_size=16).train()
+    bw(torch.randn(8, 32, 4, 4) * 3 + 1)
+    bw.reset_running_stats()
+    fresh = BatchWhitening2d(32, group_size=16)
+    for name, buf in fresh.named_buffers():
+        assert torch.equal(getattr(bw, name), buf), name
+
+
+def test_recalibration_makes_eval_equal_training_under_hard_masks() -> None:
+    model, gates = _bwcp_model()
+    data = build_data("synthetic", batch_size=64, n_train=64, n_test=16)
+    loader = data.train
+    before = loader.state_dict()
+    (x, _), = list(loader)  # one batch: the whole set
+    loader.load_state_dict(before)
+    model.train()
+    gates.recalibrate(loader, steps=1)
+    assert model.training  # the mode is given back
+    assert torch.equal(loader.state_dict()["generator"], before["generator"])
+    assert loader.epoch == before["epoch"]
+    gates.hard_in_training = True  # the reference: batch statistics, evaluation masks
+    with torch.no_grad():
+        reference = model.train()(x)
+    gates.hard_in_training = False
+    with torch.no_grad():
+        evaluated = model.eval()(x)
+    # Same batch, so only the unbiased variance estimate (n/(n-1)) separates them.
+    assert torch.allclose(evaluated, reference, rtol=2e-3, atol=2e-3 * float(reference.abs().max()))
+    with torch.no_grad():
+        sampled = gates.probabilities(leading=True)
+    assert sampled  # the gates are still installed and masking
+
+
+def test_evaluation_during_training_recalibrates_under_hard_masks() -> None:
+    seen = []
+    original = ChannelGates.recalibrate
+
+    def spy(self, loader, steps, masked=True):  # type: ignore[no-untyped-def]
+        seen.append((steps, masked))
+        original(self, loader, steps, masked)
+
+    ChannelGates.recalibrate = spy  # type: ignore[method-assign]
+    try:
+        torch.manual_seed(0)
+        get_method("bwcp")(lambda1=1e-3, lambda2=2e-3, recalibrate_batches=3).run(_task(epochs=2))
+    finally:
+        ChannelGates.recalibrate = original  # type: ignore[method-assign]
+    assert seen and all(s == (3, True) for s in seen)
+    with pytest.raises(ConfigError):
+        get_method("bwcp")(recalibrate_batches=-1).run(_task())

@@ -137,6 +137,15 @@ class BatchWhitening2d(nn.Module):
             f"eps={self.eps}, momentum={self.momentum}"
         )
 
+    @torch.no_grad()
+    def reset_running_stats(self) -> None:
+        """Back to the initial estimates (mean 0, variance 1, correlation I), as batch norm."""
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        eye = torch.eye(self.group_size, dtype=self.running_corr.dtype)
+        self.running_corr.copy_(eye.to(self.running_corr.device).expand_as(self.running_corr))
+        self.num_batches_tracked.zero_()
+
     # ---------------------------------------------------------------- maths
     def whitening_matrix(
         self, corr: torch.Tensor | None = None, weight: torch.Tensor | None = None

@@ -63,7 +63,7 @@ from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.bwcp_export import conv_bn_pairs, finish
-from prunelab.methods.finetune import fit
+from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
 
@@ -125,6 +125,10 @@ class ChannelGates:
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
         self.threshold = 0.5
         self.enabled = True
+        self.hard_in_training = False  # training-mode forwards with the evaluation masks
+        # Hard unit masks held fixed (set by `recalibrate`): P depends on the running
+        # correlation, so re-estimating the statistics would otherwise move the masks.
+        self.fixed_masks: dict[int, torch.Tensor] | None = None
         self.layers: list[_Layer] = []
         self.pairs: dict[str, str] = {}  # norm layer -> the convolution feeding it
         self.skipped: list[str] = []
@@ -203,6 +207,10 @@ class ChannelGates:
                 m[int(torch.argmax(joint[g]))] = True
         return masks
 
+    def evaluation_masks(self) -> dict[int, torch.Tensor]:
+        """The hard unit masks evaluation and export use: the fixed ones, if any."""
+        return self.fixed_masks if self.fixed_masks is not None else self.hard_unit_masks()
+
     def channel_masks(self, unit_masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each layer's channel mask from unit masks (1 where a channel has no unit).
 
@@ -229,16 +237,47 @@ class ChannelGates:
         return self.channel_masks(self._combine(per))
 
     def _before_forward(self, module: nn.Module, args: Any) -> None:
-        if not self.enabled or (module.training and self.sampling == "none"):
+        sampled = module.training and not self.hard_in_training
+        if not self.enabled or (sampled and self.sampling == "none"):
             masks: dict[str, torch.Tensor] = {}
-        elif module.training:
+        elif sampled:
             masks = self._sample()
         else:
-            masks = self.channel_masks(self.hard_unit_masks())
+            masks = self.channel_masks(self.evaluation_masks())
         self._masks = masks
         for layer in self.layers:
             if isinstance(layer.module, BatchWhitening2d):
                 layer.module.output_scale = masks.get(layer.name)
+
+    def recalibrate(self, loader: Any, steps: int, masked: bool = True) -> None:
+        """Re-estimate the norm layers' running statistics under the hard (evaluation) masks.
+
+        Training sees Gumbel-noised soft masks, so the running estimates describe
+        noisier and smaller activations than the hard-masked network produces; the
+        shift compounds through the layers (measured: a 6-epoch ResNet-20 at 10%
+        top-1 in evaluation, 37% after this, as in training mode). The current
+        hard masks are fixed first (`fixed_masks`, until `release()`), since new
+        statistics would move P and so the masks. `steps` training batches; the
+        loader's state (its shuffling generator) and the training mode are
+        restored, so training continues unchanged. `masked=False`: the statistics
+        of the unmasked network instead.
+        """
+        state = loader.state_dict() if hasattr(loader, "state_dict") else None
+        was_training, was_enabled = self.model.training, self.enabled
+        if masked:
+            self.fixed_masks = self.hard_unit_masks()
+        self.hard_in_training, self.enabled = True, masked
+        try:
+            recalibrate_bn(self.model, loader, steps)
+        finally:
+            self.hard_in_training, self.enabled = False, was_enabled
+            self.model.train(was_training)
+            if state is not None:
+                loader.load_state_dict(state)
+
+    def release(self) -> None:
+        """Masks follow the probabilities again (after an evaluation)."""
+        self.fixed_masks = None
 
     def _mask_output(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         mask = self._masks.get(self._names[id(module)])
@@ -329,6 +368,9 @@ class BWCPOptions:
     tolerance: float = 0.02  # relative distance to the target that counts as met
     max_scale: float = 100.0  # the λ multiplier stays in [1/max_scale, max_scale]
     enforce_target: bool = True  # move the hard threshold if training ends off target
+    # Training batches to re-estimate the norm statistics under the hard masks before
+    # every evaluation and the export (0: off, evaluate with the training-time estimates).
+    recalibrate_batches: int = 50
 
     def validate(self) -> None:
         for name in ("sampling", "warmup_sampling"):
@@ -346,6 +388,10 @@ class BWCPOptions:
             )
         if self.shared_sources < 0:
             raise ConfigError(f"bwcp shared_sources must be >= 0, got {self.shared_sources}")
+        if self.recalibrate_batches < 0:
+            raise ConfigError(
+                f"bwcp recalibrate_batches must be >= 0, got {self.recalibrate_batches}"
+            )
         if self.group_size < 1 or self.iterations < 1 or self.control_every < 1:
             raise ConfigError("bwcp group_size, iterations and control_every must be >= 1")
         if not 0 < self.momentum <= 1:
@@ -370,6 +416,7 @@ class BWCPCallback(Callback):
         return trainer.global_step >= self.opts.warmup_epochs * trainer.steps_per_epoch
 
     def on_step_start(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        self.gates.release()
         o = self.opts
         warm = o.warmup_sampling is not None and o.sampling != "none"
         self.gates.sampling = (
@@ -401,6 +448,13 @@ class BWCPCallback(Callback):
             s = self.scale * math.exp(self.opts.control_rate * error)
             self.scale = min(max(s, 1.0 / self.opts.max_scale), self.opts.max_scale)
         self.timeline.append([step, self.ratio, self.scale])
+
+    def before_evaluate(self, trainer: Trainer) -> None:
+        if self.opts.recalibrate_batches > 0:
+            self.gates.recalibrate(trainer.data.train, self.opts.recalibrate_batches)
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self.gates.release()
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         probs = self.gates.unit_probabilities()

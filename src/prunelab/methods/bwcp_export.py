@@ -209,13 +209,19 @@ def finish(
     if opts.target_control and opts.enforce_target and off:
         gates.threshold = threshold_for_target(gates, task.metric, task.target)
         info["threshold"] = gates.threshold
-        top1 = accuracy(model, task.data.test)
+    recal = opts.recalibrate_batches
     if opts.sampling == "none":  # no masks in training: also report the unmasked network
+        if recal:
+            gates.recalibrate(task.data.train, recal, masked=False)
         gates.enabled = False
         info["unmasked_top1"] = accuracy(model, task.data.test)
         gates.enabled = True
+    if recal:  # the statistics of the final hard masks, which stay fixed for the export
+        gates.recalibrate(task.data.train, recal)
+    if recal or info["threshold"] != 0.5:
+        top1 = accuracy(model, task.data.test)
     check = next(iter(batches(task, 1, "test")), (x, None))[0][:32]
-    unit_masks = gates.hard_unit_masks()
+    unit_masks = gates.evaluation_masks()
     channel_masks = {k: v.cpu() for k, v in gates.channel_masks(unit_masks).items()}
     probs = {k: v.detach().cpu() for k, v in gates.probabilities().items()}
     probs_bn = {k: v.detach().cpu() for k, v in gates.probabilities(whitened=False).items()}

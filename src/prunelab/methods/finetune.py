@@ -8,6 +8,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from prunelab.layers import BatchWhitening2d
 from prunelab.methods.base import PruneTask
 from prunelab.train import Callback, Trainer
 
@@ -54,9 +55,11 @@ def recalibrate_bn(
 
     A freshly pruned network's BN statistics describe the dense network's
     features; recomputing them is the cheapest repair, and what the random
-    search uses to score candidates. The model is left in eval mode.
+    search uses to score candidates. Batch-whitening layers are re-estimated
+    too. The model is left in eval mode.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norm_types = (nn.modules.batchnorm._BatchNorm, BatchWhitening2d)
+    norms = [m for m in model.modules() if isinstance(m, norm_types)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

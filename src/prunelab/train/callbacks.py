@@ -12,7 +12,7 @@ Order of hooks in `Trainer.fit()`:
             after_backward              gradients are unscaled (AMP) and DDP-averaged here
             (gradient clipping, learning rate set, optimizer step)
             on_step_end
-        evaluate -> on_evaluate(metrics)    (every `eval_every` epochs and the last)
+        before_evaluate, evaluate, on_evaluate(metrics)   (every `eval_every` epochs, the last)
         on_epoch_end(metrics)           then the epoch is logged and checkpointed
     on_train_end
 
@@ -64,6 +64,9 @@ class Callback:
 
     def on_step_end(self, trainer: Trainer) -> None:
         """After the optimizer step (e.g. re-apply masks to the weights)."""
+
+    def before_evaluate(self, trainer: Trainer) -> None:
+        """Before an evaluation (e.g. re-estimate norm statistics for the eval-time model)."""
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After an evaluation; `metrics` has top1, top5 (percent), loss, samples."""

@@ -384,6 +384,8 @@ class Trainer:
         """
         loader = self.data.test if loader is None else loader
         model = self.model
+        for cb in self.callbacks:
+            cb.before_evaluate(self)
         if self.dist.enabled:
             D.broadcast_buffers(model)
         was_training = model.training
