@@ -24,7 +24,6 @@ work at once:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 import torch
 
 import prunelab
-from prunelab.atomic import atomic_write_bytes
+from arm_record import cost_fields, write_record
 from prunelab.data import build_data
 from prunelab.io import read_meta
 from prunelab.methods import PruneTask, get_method
@@ -111,20 +110,13 @@ def arm(args: argparse.Namespace, name: str) -> None:
     record = {
         "arm": name, "dims": ARMS[name], "top1": top1,
         "dense_top1": read_meta(args.checkpoint).get("top1"),
-        "flops_ratio": cost.flops / dense_cost.flops,
-        "params_ratio": cost.params / dense_cost.params, "flops": cost.flops,
-        "params": cost.params, "input_size": list(size), "final_epochs": args.final_epochs,
+        **cost_fields(model, cost, dense_cost),
+        "input_size": list(size), "final_epochs": args.final_epochs,
         "round_epochs": args.round_epochs, "rounds": args.rounds,
-        "widths": {n: m.out_channels for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Conv2d)},
         "history": result.history, "info": result.info,
         "seconds": time.perf_counter() - t0, "threads": args.threads,
     }  # fmt: skip
-    args.results.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=1, default=float).encode()
-    atomic_write_bytes(out, lambda f: f.write(text))
-    print(f"=== arm {name}: top-1 {top1:.2f}%, flops {record['flops_ratio']:.3f}, "
-          f"{record['seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+    write_record(out, record, f"arm {name}")
 
 
 def main() -> None:

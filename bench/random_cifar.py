@@ -21,7 +21,6 @@ deterministic, so it finds the same winner again).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ from typing import Any
 import torch
 
 import prunelab
+from arm_record import cost_fields, write_record
 from prunelab import planners
-from prunelab.atomic import atomic_write_bytes
 from prunelab.data import build_data
 from prunelab.io import read_meta
 from prunelab.methods import PruneTask, get_method
@@ -105,19 +104,12 @@ def run_one(name: str, method: str, options: dict[str, Any], seed: int, epochs: 
     prunelab.save(model, args.runs / f"{name}.pt", meta={"run": name, "top1": top1})
     record = {
         "run": name, "method": method, "options": options, "seed": seed, "epochs": epochs,
-        "top1": top1, "flops_ratio": cost.flops / dense_cost.flops,
-        "params_ratio": cost.params / dense_cost.params, "flops": cost.flops,
-        "params": cost.params, "dense_top1": read_meta(args.checkpoint).get("top1"),
-        "widths": {n: m.out_channels for n, m in model.named_modules()
-                   if isinstance(m, torch.nn.Conv2d)},
+        "top1": top1, **cost_fields(model, cost, dense_cost),
+        "dense_top1": read_meta(args.checkpoint).get("top1"),
         "history": result.history, "info": result.info, "uniform_holdout_score": uniform_score,
         "seconds": time.perf_counter() - t0, "threads": threads,
     }  # fmt: skip
-    args.results.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(record, indent=1, default=float).encode()
-    atomic_write_bytes(out, lambda f: f.write(text))
-    print(f"=== {name}: top-1 {top1:.2f}%, flops {record['flops_ratio']:.3f}, "
-          f"{record['seconds'] / 60:.1f} min", flush=True)  # fmt: skip
+    write_record(out, record, name)
 
 
 def main() -> None:
