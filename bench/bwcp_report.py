@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 
 RESULTS = Path("bench/results")
 RUNS = RESULTS / "bwcp_runs"
-MAIN = ["dense", "lam_1", "lam_8", "lam_32", "lam_128", "target50"]
+MAIN = ["dense", "lam_1", "lam_8", "lam_32", "lam_128", "target50", "inner_lam_8", "inner_target50"]
 ABLATIONS = ["abl_full", "abl_bw_only", "abl_loss_only", "abl_no_bw", "abl_no_loss", "abl_hard_st"]
 LABELS = {
     "dense": "dense BN (no pruning)",
@@ -29,6 +29,8 @@ LABELS = {
     "lam_32": "BWCP, λ x 32",
     "lam_128": "BWCP, λ x 128",
     "target50": "BWCP, FLOPs target 50%",
+    "inner_lam_8": "BWCP, λ x 8, residual streams unmasked",
+    "inner_target50": "BWCP, FLOPs target 50%, residual streams unmasked",
     "abl_full": "full BWCP (BW + loss + Gumbel)",
     "abl_bw_only": "BW only (no masks, no loss)",
     "abl_loss_only": "sparsity loss only (BN, no masks)",
@@ -84,14 +86,16 @@ def tables(runs: dict[str, dict[str, Any]]) -> str:
     out.append("### λ sweep and FLOPs target (ResNet-20, CIFAR-10 JPEG)\n")
     out.append(HEADER)
     out += [row(a, runs[a], dense) for a in MAIN if a in runs]
-    if "target50" in runs:
-        info = runs["target50"]["info"]
+    for arm in ("target50", "inner_target50"):
+        if arm not in runs:
+            continue
+        info = runs[arm]["info"]
         tl = info.get("control_timeline", [])
         out.append(
-            f"\nFLOPs target 50%: the multiplier update ran {len(tl)} times; the hard-mask "
+            f"\n{LABELS[arm]}: the multiplier update ran {len(tl)} times; the hard-mask "
             f"model was at {info['controller_ratio']:.3f} of the dense FLOPs when training ended "
             f"(threshold 0.5), final λ multiplier {info['lambda_scale']:.2f}; exported model "
-            f"{runs['target50']['flops_ratio']:.3f} (threshold {info.get('threshold', 0.5):.3f})."
+            f"{runs[arm]['flops_ratio']:.3f} (threshold {info.get('threshold', 0.5):.3f})."
         )
     full = runs.get("abl_full", {}).get("top1")
     out.append("\n### Ablations (Table 3 at our scale: a third of the steps per epoch)\n")
@@ -120,15 +124,16 @@ def tables(runs: dict[str, dict[str, Any]]) -> str:
 
 def plot_tradeoff(runs: dict[str, dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    sweep = [a for a in ("lam_8", "lam_32", "lam_128") if a in runs]
+    sweep = [a for a in ("lam_1", "lam_8", "lam_32", "lam_128") if a in runs]
     if sweep:
         pts = sorted((runs[a]["flops_ratio"], runs[a]["top1"], a) for a in sweep)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="BWCP, λ sweep")
         for x, y, a in pts:
             ax.annotate(a.replace("lam_", "λx"), (x, y), textcoords="offset points", xytext=(4, 4))
-    if "target50" in runs:
-        r = runs["target50"]
-        ax.plot([r["flops_ratio"]], [r["top1"]], "s", label="BWCP, FLOPs target 50%")
+    for arm, marker in (("target50", "s"), ("inner_lam_8", "^"), ("inner_target50", "D")):
+        if arm in runs:
+            r = runs[arm]
+            ax.plot([r["flops_ratio"]], [r["top1"]], marker, label=LABELS[arm])
     if "dense" in runs:
         ax.axhline(runs["dense"]["top1"], color="gray", ls="--", label="dense BN, same epochs")
     ax.set_xlabel("FLOPs of the exported model / dense")
