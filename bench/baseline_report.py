@@ -1,0 +1,64 @@
+"""Compare dense ResNet-20 baseline runs (bench/train_baseline.py) epoch by epoch.
+
+    python bench/baseline_report.py bench/results/baseline_resnet20_metrics.jsonl \
+        bench/results/baseline_resnet20_e40_metrics.jsonl
+
+Prints each run's final and best test top-1 and writes one plot of test top-1
+and train loss against the fraction of the schedule done, so runs of different
+lengths line up at the same learning-rate phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+OUT = Path("bench/results/baseline_resnet20_compare.png")
+
+
+def epochs_of(path: Path) -> list[dict[str, Any]]:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "epoch"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("logs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for path in args.logs:
+        rows = epochs_of(path)
+        if not rows:
+            raise SystemExit(f"{path}: no epoch records (is it a prunelab metrics.jsonl?)")
+        n = len(rows)
+        xs = [r["epoch"] / n for r in rows]
+        label = f"{n} epochs"
+        acc.plot(xs, [r["test_top1"] for r in rows], "o-", ms=3, label=label)
+        loss.plot(xs, [r["train_loss"] for r in rows], "o-", ms=3, label=label)
+        best = max(rows, key=lambda r: r["test_top1"])
+        print(f"{path}: {n} epochs, final test top-1 {rows[-1]['test_top1']:.2f}%, "
+              f"best {best['test_top1']:.2f}% (epoch {best['epoch']}), "
+              f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
+    acc.set_ylim(60, 92)
+    acc.axhline(88, color="gray", ls="--", lw=1, label="target 88%")
+    for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss")):
+        ax.set_xlabel("fraction of the schedule")
+        ax.set_ylabel(name)
+        ax.legend(fontsize=8)
+    fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine schedule at two lengths")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    plt.close(fig)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
