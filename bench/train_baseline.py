@@ -1,7 +1,7 @@
 """Train the dense ResNet-20 baseline on CIFAR-10 (JPEG) that post-training methods start from.
 
-Recipe (about 45-95 minutes on 2 CPU cores): 30 epochs (87.52%; 40 gave 87.33%), batch 128, SGD with
-Nesterov momentum 0.9, lr 0.1 with 1 warm-up epoch then cosine to zero,
+Recipe (45-95 minutes on 2 CPU cores): 30 epochs (87.52%; 40 gave 87.33%),
+batch 128, SGD with Nesterov momentum 0.9, lr 0.1 with 1 warm-up epoch then cosine to zero,
 weight decay 5e-4, pad-4 crop + flip. Resumable: rerun the same command after
 an interruption. The final model is written with `prunelab.save` to
 src/prunelab/checkpoints/resnet20_cifar10_jpg.pt (about 1 MB, committed).
