@@ -30,13 +30,17 @@ def main() -> None:
     parser.add_argument("--run-dir", default="runs/baseline_resnet20")
     parser.add_argument("--out", default=str(CHECKPOINT))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = build_data("cifar10_jpg", batch_size=128, seed=0)
+    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=0)
     model = prunelab.create(args.model, num_classes=data.num_classes)
     config = TrainConfig(
-        epochs=args.epochs, batch_size=128, lr=0.1, momentum=0.9, nesterov=True,
-        weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=0,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
+        nesterov=True, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=0,
+        label_smoothing=args.label_smoothing,
         channels_last="on", threads=args.threads, run_dir=args.run_dir,
         resume=(Path(args.run_dir) / "checkpoint.pt").exists(),
     )  # fmt: skip
