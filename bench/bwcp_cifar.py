@@ -6,7 +6,8 @@ crop + flip, channels_last) scaled down to what fits a shared 2-core CPU:
 
     dense            plain BN ResNet-20, EPOCHS epochs (the same-length reference)
     lam_*            BWCP with the paper's CIFAR-10 λ (4e-5, 8e-5) times a factor
-    target50         BWCP with the FLOPs target 50% (λ steered by the multiplier update)
+    target50         BWCP with the FLOPs target 50% (λ steered by the multiplier update
+                     from the paper's λ; target50_lam32: from λ x 32)
     inner_*          as lam_8 / target50 with the residual streams left unmasked
     abl_*            the paper's Table 3 at a third of the cost: EPOCHS "epochs" of
                      130 steps (full | bw_only | loss_only | no_bw | no_loss | hard_st)
@@ -62,12 +63,16 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "lam_8": _lam(8),
     "lam_32": _lam(32),
     "lam_128": _lam(128),
-    "target50": {**_lam(32), "target_control": True},
+    # The multiplier update starts from the paper's λ. Started at λ x 32 (target50_lam32)
+    # it cannot undo the first epoch: channels pushed to P ~ 0 get no gradient back
+    # through erf, so lowering λ afterwards revives none of them.
+    "target50": {**_lam(1), "target_control": True},
+    "target50_lam32": {**_lam(32), "target_control": True},
     # Residual streams left whole (masks on the blocks' inner channels only): the shared
     # product mask of a residual stage drifts below P = 0.5 even without the loss in a
     # short run (stage 3 kept 6 of 64 channels in abl_no_loss), cutting the classifier off.
     "inner_lam_8": {**_lam(8), "shortcuts": False},
-    "inner_target50": {**_lam(32), "target_control": True, "shortcuts": False},
+    "inner_target50": {**_lam(1), "target_control": True, "shortcuts": False},
     "abl_full": _lam(ABL_LAM),
     "abl_bw_only": {"lambda1": 0.0, "lambda2": 0.0, "sampling": "none"},
     "abl_loss_only": {**_lam(ABL_LAM), "whiten": False, "sampling": "none"},

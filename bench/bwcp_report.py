@@ -20,7 +20,17 @@ import matplotlib.pyplot as plt
 
 RESULTS = Path("bench/results")
 RUNS = RESULTS / "bwcp_runs"
-MAIN = ["dense", "lam_1", "lam_8", "lam_32", "lam_128", "target50", "inner_lam_8", "inner_target50"]
+MAIN = [
+    "dense",
+    "lam_1",
+    "lam_8",
+    "lam_32",
+    "lam_128",
+    "target50",
+    "target50_lam32",
+    "inner_lam_8",
+    "inner_target50",
+]
 ABLATIONS = ["abl_full", "abl_bw_only", "abl_loss_only", "abl_no_bw", "abl_no_loss", "abl_hard_st"]
 LABELS = {
     "dense": "dense BN (no pruning)",
@@ -29,6 +39,7 @@ LABELS = {
     "lam_32": "BWCP, λ x 32",
     "lam_128": "BWCP, λ x 128",
     "target50": "BWCP, FLOPs target 50%",
+    "target50_lam32": "BWCP, FLOPs target 50%, λ starting at x 32",
     "inner_lam_8": "BWCP, λ x 8, residual streams unmasked",
     "inner_target50": "BWCP, FLOPs target 50%, residual streams unmasked",
     "abl_full": "full BWCP (BW + loss + Gumbel)",
@@ -86,7 +97,7 @@ def tables(runs: dict[str, dict[str, Any]]) -> str:
     out.append("### λ sweep and FLOPs target (ResNet-20, CIFAR-10 JPEG)\n")
     out.append(HEADER)
     out += [row(a, runs[a], dense) for a in MAIN if a in runs]
-    for arm in ("target50", "inner_target50"):
+    for arm in ("target50", "target50_lam32", "inner_target50"):
         if arm not in runs:
             continue
         info = runs[arm]["info"]
@@ -130,7 +141,8 @@ def plot_tradeoff(runs: dict[str, dict[str, Any]]) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="BWCP, λ sweep")
         for x, y, a in pts:
             ax.annotate(a.replace("lam_", "λx"), (x, y), textcoords="offset points", xytext=(4, 4))
-    for arm, marker in (("target50", "s"), ("inner_lam_8", "^"), ("inner_target50", "D")):
+    marks = {"target50": "s", "target50_lam32": "x", "inner_lam_8": "^", "inner_target50": "D"}
+    for arm, marker in marks.items():
         if arm in runs:
             r = runs[arm]
             ax.plot([r["flops_ratio"]], [r["top1"]], marker, label=LABELS[arm])
