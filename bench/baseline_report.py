@@ -23,9 +23,12 @@ import matplotlib.pyplot as plt
 OUT = Path("bench/results/baseline_resnet20_compare.png")
 
 
-def epochs_of(path: Path) -> list[dict[str, Any]]:
+def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's configuration and its epoch records (a stopped run has fewer epochs)."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r.get("kind") == "epoch"]
+    starts = [r for r in records if r.get("kind") == "start"]
+    config = starts[0]["config"] if starts else {}
+    return config, [r for r in records if r.get("kind") == "epoch"]
 
 
 def main() -> None:
@@ -35,16 +38,20 @@ def main() -> None:
     args = parser.parse_args()
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
     for path in args.logs:
-        rows = epochs_of(path)
+        config, rows = read_run(path)
         if not rows:
             raise SystemExit(f"{path}: no epoch records (is it a prunelab metrics.jsonl?)")
-        n = len(rows)
+        n = int(config.get("epochs", len(rows)))
         xs = [r["epoch"] / n for r in rows]
-        label = f"{n} epochs"
+        label = f"{n} epochs, batch {config.get('batch_size', '?')}"
+        if config.get("label_smoothing"):
+            label += f", label smoothing {config['label_smoothing']}"
+        if len(rows) < n:
+            label += f" (stopped after {len(rows)})"
         acc.plot(xs, [r["test_top1"] for r in rows], "o-", ms=3, label=label)
         loss.plot(xs, [r["train_loss"] for r in rows], "o-", ms=3, label=label)
         best = max(rows, key=lambda r: r["test_top1"])
-        print(f"{path}: {n} epochs, final test top-1 {rows[-1]['test_top1']:.2f}%, "
+        print(f"{path}: {len(rows)}/{n} epochs, last test top-1 {rows[-1]['test_top1']:.2f}%, "
               f"best {best['test_top1']:.2f}% (epoch {best['epoch']}), "
               f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
     acc.set_ylim(60, 92)
@@ -53,7 +60,7 @@ def main() -> None:
         ax.set_xlabel("fraction of the schedule")
         ax.set_ylabel(name)
         ax.legend(fontsize=8)
-    fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine schedule at two lengths")
+    fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine-schedule baselines")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
     plt.close(fig)
