@@ -56,10 +56,10 @@ def main() -> None:
               f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
     acc.set_ylim(60, 92)
     acc.axhline(88, color="gray", ls="--", lw=1, label="target 88%")
-    for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss")):
+    for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss (with smoothing, if any)")):
         ax.set_xlabel("fraction of the schedule")
         ax.set_ylabel(name)
-        ax.legend(fontsize=8)
+    acc.legend(fontsize=7, loc="lower right")  # one legend: both panels share the colours
     fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine-schedule baselines")
     fig.tight_layout()
     fig.savefig(args.out, dpi=120)
