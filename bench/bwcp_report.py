@@ -196,7 +196,7 @@ def plot_fig3(runs: dict[str, dict[str, Any]]) -> None:
 
 def plot_widths(runs: dict[str, dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
-    for arm in ("lam_8", "lam_32", "lam_128", "target50"):
+    for arm in ("lam_1", "lam_8", "lam_32", "lam_128", "target50", "inner_target50"):
         if arm not in runs:
             continue
         widths = runs[arm]["widths"]
