@@ -97,9 +97,9 @@ def tables(runs: dict[str, dict[str, Any]]) -> str:
     out.append("### λ sweep and FLOPs target (ResNet-20, CIFAR-10 JPEG)\n")
     out.append(HEADER)
     out += [row(a, runs[a], dense) for a in MAIN if a in runs]
-    for arm in ("target50", "target50_lam32", "inner_target50"):
-        if arm not in runs:
-            continue
+    # Every arm that steered λ to a target, as its options say (not a list kept by hand).
+    steered = [a for a in MAIN if runs.get(a, {}).get("options", {}).get("target_control")]
+    for arm in steered:
         info = runs[arm]["info"]
         tl = info.get("control_timeline", [])
         out.append(
