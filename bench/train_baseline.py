@@ -33,14 +33,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--cutout", type=int, default=0, help="erased square side, 0 = off")
+    parser.add_argument("--no-decay-bn-bias", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=0)
+    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=0, cutout=args.cutout)
     model = prunelab.create(args.model, num_classes=data.num_classes)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
         nesterov=True, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=0,
-        label_smoothing=args.label_smoothing,
+        label_smoothing=args.label_smoothing, no_decay_bn_bias=args.no_decay_bn_bias,
         channels_last="on", threads=args.threads, run_dir=args.run_dir,
         resume=(Path(args.run_dir) / "checkpoint.pt").exists(),
     )  # fmt: skip
@@ -50,7 +52,8 @@ def main() -> None:
     prunelab.save(
         model,
         args.out,
-        meta={"data": "cifar10_jpg", "top1": final.get("top1"), "recipe": config.to_dict()},
+        meta={"data": "cifar10_jpg", "cutout": args.cutout, "top1": final.get("top1"),
+              "recipe": config.to_dict()},
     )
     print(f"top-1 {final.get('top1')}, saved {args.out}")
 

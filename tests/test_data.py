@@ -21,7 +21,9 @@ from prunelab.data import (
     TensorLoader,
     build_data,
     crop_flip,
+    cutout,
     draw_crop_flip,
+    draw_cutout,
     load_image_archive,
     make_synthetic,
     normalize,
@@ -256,6 +258,10 @@ def test_imagefolder_streams_with_crops_and_holdout(tmp_path: Path):
     assert x.shape == (4, 3, 12, 12) and y.dtype == torch.int64
     data.set_resolution(8)
     assert next(iter(data.holdout))[0].shape[-2:] == (8, 8)
+    erased = build_data("imagefolder", root=tmp_path, image_size=12, batch_size=12, workers=0,
+                        cutout=4)
+    x, _ = next(iter(erased.train))
+    assert ((x == 0).all(1).flatten(1).sum(1) >= 4).all()  # every image has an erased patch
     with pytest.raises(DataNotFoundError, match=r"looked for .*train"):
         build_data("imagefolder", root=tmp_path / "train", workers=0)
     (tmp_path / "only" / "train" / "ant").mkdir(parents=True)
@@ -320,6 +326,36 @@ def test_flip_really_flips_and_no_aug_is_identity():
     z = normalize(torch.full((1, 3, 2, 2), 128, dtype=torch.uint8), (0.5, 0.25, 0.0), (0.25,) * 3)
     assert z.dtype == torch.float32
     assert torch.allclose(z[0, :, 0, 0], (128 - torch.tensor([127.5, 63.75, 0.0])) / 63.75)
+
+
+def test_cutout_erases_a_clipped_square_per_image():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(32, 3, 10, 10) + 10.0  # no natural zeros
+    cy, cx = draw_cutout(32, 10, 10, g)
+    assert cy.min() >= 0 and cy.max() <= 9 and cx.min() >= 0 and cx.max() <= 9
+    out = cutout(x, cy, cx, 4)
+    for i in range(32):
+        ref = x[i].clone()
+        ref[:, max(0, cy[i] - 2):cy[i] + 2, max(0, cx[i] - 2):cx[i] + 2] = 0.0
+        assert torch.equal(out[i], ref)
+    assert torch.equal(cutout(x, cy, cx, 0), x)
+    # a centre in the corner keeps only the in-image quarter of the square
+    corner = cutout(x[:1], torch.tensor([0]), torch.tensor([0]), 4)
+    assert int((corner == 0).sum()) == 3 * 2 * 2
+
+
+def test_loader_cutout_only_erases_and_leaves_evaluation_alone():
+    base = build_data("synthetic", batch_size=32, n_train=64, n_test=32, seed=3)
+    erased = build_data("synthetic", batch_size=32, n_train=64, n_test=32, seed=3, cutout=6)
+    for (xa, ya), (xb, yb) in zip(base.train, erased.train, strict=True):
+        assert torch.equal(ya, yb)  # same order, crops and flips: cutout draws after them
+        changed = (xa != xb).any(1)
+        assert changed.any() and (xb.abs().sum(1)[changed] == 0).all()
+        assert int(changed.flatten(1).sum(1).max()) <= 36
+    for (xa, _), (xb, _) in zip(base.test, erased.test, strict=True):
+        assert torch.equal(xa, xb)
+    with pytest.raises(ConfigError, match="cutout"):
+        build_data("synthetic", cutout=-1)
 
 
 def test_loader_is_deterministic_by_seed_and_resumable():

@@ -15,7 +15,15 @@ from prunelab.data.archive import (
     sha256_file,
 )
 from prunelab.data.arrays import ImageArrays, cache_root, data_root
-from prunelab.data.augment import crop_flip, draw_crop_flip, norm_constants, normalize, resize
+from prunelab.data.augment import (
+    crop_flip,
+    cutout,
+    draw_crop_flip,
+    draw_cutout,
+    norm_constants,
+    normalize,
+    resize,
+)
 from prunelab.data.cifar import load_cifar_pickled
 from prunelab.data.folder import FolderLoader, ShardSampler, imagenet_transforms
 from prunelab.data.loader import TensorLoader, shard_positions
@@ -54,9 +62,11 @@ __all__ = [
     "build_data",
     "cache_root",
     "crop_flip",
+    "cutout",
     "data_root",
     "decode_archive",
     "draw_crop_flip",
+    "draw_cutout",
     "imagenet_transforms",
     "load_cifar10_jpg",
     "load_cifar_pickled",

@@ -55,6 +55,37 @@ def crop_flip(
     return torch.where(flips.to(dev).view(b, 1, 1, 1), out.flip(3), out)
 
 
+def draw_cutout(
+    n: int, h: int, w: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample cutout centres, uniform over the image (so squares may be clipped)."""
+    return (torch.randint(0, h, (n,), generator=generator),
+            torch.randint(0, w, (n,), generator=generator))
+
+
+def cutout(
+    x: torch.Tensor, center_y: torch.Tensor, center_x: torch.Tensor, size: int
+) -> torch.Tensor:
+    """Zero a size x size square around each sample's centre (DeVries & Taylor, 2017).
+
+    Applied after normalisation, so the square takes the data set's mean colour.
+    The square is clipped at the border like the paper's version, which keeps
+    the expected erased area smaller than size^2 and sometimes spares an image.
+    One broadcast comparison builds all masks; no per-image loop.
+    """
+    if size <= 0:
+        return x
+    b, _, h, w = x.shape
+    dev = x.device
+    lo = size // 2
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    cy = center_y.to(dev).view(b, 1, 1)
+    cx = center_x.to(dev).view(b, 1, 1)
+    inside = (ys >= cy - lo) & (ys < cy - lo + size) & (xs >= cx - lo) & (xs < cx - lo + size)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
 def normalize(
     x: torch.Tensor,
     mean: Sequence[float] | torch.Tensor,

@@ -27,9 +27,9 @@ from torch.utils.data import (
     Subset,
 )
 
-from prunelab.data.augment import norm_constants, normalize, resize
+from prunelab.data.augment import cutout, draw_cutout, norm_constants, normalize, resize
 from prunelab.data.loader import dist_rank_world
-from prunelab.errors import CorruptFileError, DataNotFoundError
+from prunelab.errors import ConfigError, CorruptFileError, DataNotFoundError
 
 
 class ShardSampler(Sampler[int]):
@@ -125,6 +125,7 @@ class FolderLoader:
         workers: int | None = None,
         shard: bool = True,
         indices: Sequence[int] | None = None,
+        cutout: int = 0,
     ) -> None:
         self.dataset: Dataset[Any] = dataset if indices is None else Subset(dataset, list(indices))
         self.batch_size = int(batch_size)
@@ -138,6 +139,9 @@ class FolderLoader:
         self.shard = shard
         self.epoch = 0
         self.target_device = torch.device("cpu")
+        if cutout < 0:
+            raise ConfigError(f"cutout must be >= 0 (0 = off), got {cutout}")
+        self.cutout = int(cutout)
 
     @property
     def num_samples(self) -> int:
@@ -182,9 +186,13 @@ class FolderLoader:
         )
         dev = self.target_device
         norm = norm_constants(self.mean, self.std, dev)
+        erase_gen = torch.Generator().manual_seed(self.seed * 1000033 + epoch + 7)
         for x, y in loader:
-            x = x.to(dev, non_blocking=True)
-            yield resize(normalize(x, *norm), self.resolution), y.to(dev, non_blocking=True)
+            x = normalize(x.to(dev, non_blocking=True), *norm)
+            if self.cutout > 0:
+                cy, cx = draw_cutout(x.shape[0], x.shape[2], x.shape[3], erase_gen)
+                x = cutout(x, cy, cx, self.cutout)
+            yield resize(x, self.resolution), y.to(dev, non_blocking=True)
 
     def to(self, device: torch.device | str) -> FolderLoader:
         """Normalise batches on `device` (uint8 crosses the bus, not float)."""

@@ -15,7 +15,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from prunelab.data.augment import crop_flip, draw_crop_flip, norm_constants, normalize, resize
+from prunelab.data.augment import (
+    crop_flip,
+    cutout,
+    draw_crop_flip,
+    draw_cutout,
+    norm_constants,
+    normalize,
+    resize,
+)
 from prunelab.errors import ConfigError, CorruptFileError
 
 
@@ -54,8 +62,9 @@ class TensorLoader:
 
     images: (N, C, H, W) uint8; labels: (N,) int64; `indices` restricts the
     loader to a subset (a hold-out split shares the storage of the training set).
-    Training loaders use `augment=True` (pad-`pad` random crop + horizontal flip)
-    and `shuffle=True`. `resolution` bilinearly resizes every batch. When
+    Training loaders use `augment=True` (pad-`pad` random crop + horizontal flip,
+    plus a `cutout` x `cutout` erased square when cutout > 0) and `shuffle=True`.
+    `resolution` bilinearly resizes every batch. When
     torch.distributed is initialised, each rank iterates its own shard of the
     epoch's shared permutation (`shard=False` turns that off).
     """
@@ -74,6 +83,7 @@ class TensorLoader:
         drop_last: bool = False,
         pad: int = 4,
         flip: bool = True,
+        cutout: int = 0,
         resolution: int | None = None,
         seed: int = 0,
         shard: bool = True,
@@ -85,6 +95,8 @@ class TensorLoader:
             raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if cutout < 0:
+            raise ConfigError(f"cutout must be >= 0 (0 = off), got {cutout}")
         self.images = images
         self.labels = labels.long()
         self.indices = None if indices is None else indices.long().cpu()
@@ -96,6 +108,7 @@ class TensorLoader:
         self.drop_last = drop_last
         self.pad = pad
         self.flip = flip
+        self.cutout = int(cutout)
         self.resolution = resolution
         self.seed = seed
         self.shard = shard
@@ -130,11 +143,16 @@ class TensorLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         if self.augment:
             oy, ox, fl = draw_crop_flip(n, self.pad, self.flip, self.generator)
+        erase = self.augment and self.cutout > 0
+        if erase:  # drawn only when on, so runs without cutout keep their random stream
+            cy, cx = draw_cutout(n, self.images.shape[2], self.images.shape[3], self.generator)
         self.epoch += 1
         pos = self._my_positions()
         order = order[pos]
         if self.augment:
             oy, ox, fl = oy[pos], ox[pos], fl[pos]
+        if erase:
+            cy, cx = cy[pos].to(self.images.device), cx[pos].to(self.images.device)
         if self.indices is not None:
             order = self.indices[order]
         bs = self.batch_size
@@ -150,7 +168,10 @@ class TensorLoader:
             if self.augment:
                 sl = slice(start, start + bs)
                 x = crop_flip(x, oy[sl], ox[sl], fl[sl], self.pad)
-            x = resize(normalize(x, *norm), self.resolution)
+            x = normalize(x, *norm)
+            if erase:
+                x = cutout(x, cy[sl], cx[sl], self.cutout)
+            x = resize(x, self.resolution)
             yield x, self.labels.index_select(0, idx)
 
     # ------------------------------------------------------------ state, misc

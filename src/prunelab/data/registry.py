@@ -126,7 +126,7 @@ class DataBundle:
 Builder = Callable[..., DataBundle]
 _BUILDERS: dict[str, Builder] = {}
 _COMMON = ("batch_size", "eval_batch_size", "holdout", "seed", "resolution", "augment",
-           "drop_last", "workers", "root", "download")
+           "cutout", "drop_last", "workers", "root", "download")
 
 
 def register_data(name: str) -> Callable[[Builder], Builder]:
@@ -171,6 +171,7 @@ def build_data(
     seed: int = 0,
     resolution: int | None = None,
     augment: bool = True,
+    cutout: int = 0,
     drop_last: bool = True,
     workers: int | None = None,
     root: str | os.PathLike[str] | None = None,
@@ -182,9 +183,11 @@ def build_data(
     batch_size is per process (the global batch under DDP is batch_size x
     world size). `holdout=N` reserves N training images, chosen by `seed`, in
     `bundle.holdout` and removes them from `bundle.train`. `root` defaults to
-    $PRUNELAB_DATA. Data-set specific options (e.g. `n_train` for synthetic,
-    `image_size` for imagefolder, `sha256`/`cache_dir` for cifar10_jpg) are
-    passed through; unknown ones raise ConfigError.
+    $PRUNELAB_DATA. `cutout=S` adds an S x S erased square to the training
+    augmentation (16 is the usual CIFAR-10 value; 0 = off). Data-set specific
+    options (e.g. `n_train` for synthetic, `image_size` for imagefolder,
+    `sha256`/`cache_dir` for cifar10_jpg) are passed through; unknown ones
+    raise ConfigError.
     """
     if name not in _BUILDERS:
         raise UnknownNameError("data set", name, list(_BUILDERS))
@@ -203,6 +206,7 @@ def build_data(
         "seed": seed,
         "resolution": resolution,
         "augment": augment,
+        "cutout": cutout,
         "drop_last": drop_last,
         "workers": workers,
         "root": root,
@@ -227,6 +231,7 @@ def bundle_from_arrays(
     augment: bool,
     drop_last: bool,
     pad: int = 4,
+    cutout: int = 0,
 ) -> DataBundle:
     """In-memory loaders over decoded arrays (shared by CIFAR, JPEG archive and synthetic)."""
     train_x = torch.from_numpy(arrays.train_x)
@@ -242,8 +247,8 @@ def bundle_from_arrays(
         hold = TensorLoader(train_x, train_y, indices=hold_idx, **eval_kw)
     train = TensorLoader(
         train_x, train_y, indices=train_idx, batch_size=batch_size, mean=mean, std=std,
-        shuffle=True, augment=augment, drop_last=drop_last, pad=pad, resolution=resolution,
-        seed=seed,
+        shuffle=True, augment=augment, drop_last=drop_last, pad=pad, cutout=cutout,
+        resolution=resolution, seed=seed,
     )
     test = TensorLoader(test_x, test_y, **eval_kw)
     c, h, w = arrays.train_x.shape[1:]
@@ -253,7 +258,7 @@ def bundle_from_arrays(
 
 def _in_memory_kw(kw: dict[str, Any]) -> dict[str, Any]:
     return {k: kw[k] for k in ("batch_size", "eval_batch_size", "holdout", "seed", "resolution",
-                               "augment", "drop_last")}
+                               "augment", "cutout", "drop_last")}
 
 
 @register_data("synthetic")
@@ -334,7 +339,8 @@ def _imagefolder(
     if not kw["augment"]:
         train_set = train_eval_set
     train = FolderLoader(train_set, batch_size=kw["batch_size"], shuffle=True,
-                         drop_last=kw["drop_last"], indices=train_idx, **common)
+                         drop_last=kw["drop_last"], indices=train_idx,
+                         cutout=kw["cutout"] if kw["augment"] else 0, **common)
     test = FolderLoader(val_set, batch_size=eval_bs, **common)
     return DataBundle("imagefolder", train, test, num_classes=len(classes),
                       input_size=(3, image_size, image_size), mean=tuple(mean), std=tuple(std),
