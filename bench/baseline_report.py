@@ -11,7 +11,6 @@ lengths line up at the same learning-rate phase.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from prunelab.train import read_metrics
+
 OUT = Path("bench/results/baseline_resnet20_compare.png")
 
 
 def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The run's configuration and its epoch records (a stopped run has fewer epochs)."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The run's training and data settings and its epoch records (a stopped run has fewer)."""
+    records = read_metrics(path)
     starts = [r for r in records if r.get("kind") == "start"]
-    config = starts[0]["config"] if starts else {}
+    config = dict(starts[0]["config"]) if starts else {}
+    data = starts[0].get("data") if starts else None
+    # logs written before the data description was recorded had no cutout
+    config["cutout"] = data.get("cutout", 0) if isinstance(data, dict) else 0
     return config, [r for r in records if r.get("kind") == "epoch"]
 
 
@@ -35,17 +39,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--note", action="append", default=[], metavar="N=TEXT",
+                        help="add TEXT to the label of the N-th log (1-based), e.g. for "
+                        "settings a log predating the data record does not show")
     args = parser.parse_args()
+    notes: dict[int, str] = {}
+    for item in args.note:
+        index, _, text = item.partition("=")
+        notes[int(index)] = text
     fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for path in args.logs:
+    for number, path in enumerate(args.logs, start=1):
         config, rows = read_run(path)
         if not rows:
             raise SystemExit(f"{path}: no epoch records (is it a prunelab metrics.jsonl?)")
         n = int(config.get("epochs", len(rows)))
         xs = [r["epoch"] / n for r in rows]
         label = f"{n} epochs, batch {config.get('batch_size', '?')}"
+        if config["cutout"]:
+            label += f", cutout {config['cutout']}"
         if config.get("label_smoothing"):
             label += f", label smoothing {config['label_smoothing']}"
+        if number in notes:
+            label += f", {notes[number]}"
         if len(rows) < n:
             label += f" (stopped after {len(rows)})"
         acc.plot(xs, [r["test_top1"] for r in rows], "o-", ms=3, label=label)

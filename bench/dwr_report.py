@@ -39,6 +39,7 @@ from prunelab.methods.dwr_model import (
     maximize,
     rmse,
 )
+from prunelab.train import read_metrics
 
 RESULTS = Path("bench/results")
 COLLECT = Path("runs/dwr_bench/collect")
@@ -164,8 +165,7 @@ def axes_figure(x: np.ndarray, y: np.ndarray, study: dict[str, Any], out: Path) 
 def baseline_training_seconds(log: Path) -> tuple[int, float] | None:
     if not log.exists():
         return None
-    epochs = [json.loads(line) for line in log.read_text().splitlines() if '"epoch"' in line]
-    epochs = [e for e in epochs if e.get("kind") == "epoch"]
+    epochs = read_metrics(log, kind="epoch")
     return (len(epochs), sum(e["time"] for e in epochs)) if epochs else None
 
 

@@ -118,8 +118,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--criteria", nargs="+", default=CRITERIA)
-    parser.add_argument("--random-only", action="store_true",
-                        help="compare: skip the uniform arm (deterministic, the same every seed)")
+    parser.add_argument(
+        "--random-only",
+        action="store_true",
+        help="compare: skip the uniform arm (deterministic, the same every seed)",
+    )
     parser.add_argument("--candidates", type=int, default=SEARCH["candidates"])
     # For smoke tests of this script: another checkpoint, folders, fewer steps.
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)

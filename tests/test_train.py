@@ -26,6 +26,7 @@ from prunelab.train import (
     Trainer,
     load_checkpoint,
     param_groups,
+    read_metrics,
     resolve_amp,
     resolve_device,
     save_checkpoint,
@@ -213,6 +214,12 @@ def test_hooks_fire_in_order(tmp_path: Path):
     assert [r["kind"] for r in records] == ["start", "epoch", "epoch", "end"]
     assert [r["recorder_epoch"] for r in records[1:3]] == [0, 1]
     assert {"train_loss", "train_top1", "test_top1", "lr", "img_per_s", "step"} <= set(records[1])
+    assert records[0]["data"]["name"] == "synthetic" and records[0]["data"]["cutout"] == 0
+    # the reader skips a line cut short by a kill and filters by kind
+    with open(tmp_path / METRICS_NAME, "a") as f:
+        f.write('{"kind": "epo')
+    assert [r["epoch"] for r in read_metrics(tmp_path / METRICS_NAME, kind="epoch")] == [1, 2]
+    assert len(read_metrics(tmp_path / METRICS_NAME)) == 4
 
 
 def test_extra_loss_is_added_to_the_optimised_loss():

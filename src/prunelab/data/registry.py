@@ -116,6 +116,17 @@ class DataBundle:
                 loader.to(device)
         return self
 
+    def describe(self) -> dict[str, Any]:
+        """What a run log should record about its data: name, sizes and augmentation."""
+        train = self.train
+        return {
+            "name": self.name, "train": train.num_samples, "test": self.test.num_samples,
+            "holdout": self.holdout.num_samples if self.holdout is not None else 0,
+            "classes": self.num_classes, "input_size": list(self.input_size),
+            "resolution": self._resolution, "augment": getattr(train, "augment", True),
+            "cutout": getattr(train, "cutout", 0),
+        }  # fmt: skip
+
     def __repr__(self) -> str:
         hold = f", holdout={self.holdout.num_samples}" if self.holdout is not None else ""
         return (f"DataBundle({self.name!r}, train={self.train.num_samples}, "

@@ -19,7 +19,7 @@ from prunelab.train.config import PRESETS, TrainConfig
 from prunelab.train.distributed import DistContext, init_distributed
 from prunelab.train.loop import Trainer, resolve_amp, resolve_device
 from prunelab.train.optim import LRSchedule, build_optimizer, param_groups
-from prunelab.train.progress import METRICS_NAME, MetricsLog, Progress
+from prunelab.train.progress import METRICS_NAME, MetricsLog, Progress, read_metrics
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -36,6 +36,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "param_groups",
+    "read_metrics",
     "resolve_amp",
     "resolve_device",
     "rng_state",

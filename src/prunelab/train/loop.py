@@ -238,7 +238,8 @@ class Trainer:
             self.metrics_log.write({"kind": "start", "resumed": resumed, "epoch": self.epoch,
                                     "step": self.global_step, "world_size": self.dist.world_size,
                                     "device": str(self.device), "global_batch": self.global_batch,
-                                    "base_lr": self.base_lr, "config": cfg.to_dict()})
+                                    "base_lr": self.base_lr, "config": cfg.to_dict(),
+                                    "data": self._data_description()})
         if resumed:
             self.progress.print(f"resumed from {self.checkpoint_path} at epoch {self.epoch}, "
                                 f"step {self.global_step}")
@@ -275,6 +276,10 @@ class Trainer:
         if self.is_main:
             self.metrics_log.write({"kind": "end", **final})
         return final
+
+    def _data_description(self) -> dict[str, Any] | str:
+        describe = getattr(self.data, "describe", None)  # bundles built by hand may lack it
+        return describe() if callable(describe) else repr(self.data)
 
     def _final_metrics(self, seconds: float) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}

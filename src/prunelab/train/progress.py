@@ -52,6 +52,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl (those of `kind` only, if given).
+
+    Skips a last line cut short by a killed run, like `drop_epochs_after`.
+    """
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if kind is None or rec.get("kind") == kind:
+            records.append(rec)
+    return records
+
+
 class MetricsLog:
     """Appends JSON records to `path` (nothing when path is None); each line flushed."""
 
