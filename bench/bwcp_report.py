@@ -2,7 +2,8 @@
 
 Reads bench/results/bwcp_runs/*.json and bench/results/bwcp_timing.json, writes
 bench/results/bwcp_tables.md (the tables bench/results/bwcp.md quotes) and
-bench/results/bwcp_tradeoff.png, bwcp_fig3.png, bwcp_widths.png, bwcp_curves.png.
+bench/results/bwcp_tradeoff.png, bwcp_fig3.png, bwcp_widths.png, bwcp_curves.png;
+full-schedule arms from bench/results/bwcp_full/*.json add a table and bwcp_full_curves.png.
 
     .venv/bin/python bench/bwcp_report.py
 """
@@ -18,8 +19,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from prunelab.train import read_metrics
+
 RESULTS = Path("bench/results")
 RUNS = RESULTS / "bwcp_runs"
+# Arms run at the dense baseline's full schedule (bwcp_cifar.py --epochs 30 --results ...),
+# compared with the baseline's own log (same recipe: batch 128, cosine, 30 epochs).
+FULL = RESULTS / "bwcp_full"
+BASELINE_LOG = RESULTS / "baseline_resnet20_metrics.jsonl"
 MAIN = [
     "dense",
     "lam_1",
@@ -51,8 +58,8 @@ LABELS = {
 }
 
 
-def load() -> dict[str, dict[str, Any]]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(RUNS.glob("*.json"))}
+def load(folder: Path = RUNS) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
 def mean(values: list[float]) -> float:
@@ -213,6 +220,56 @@ def plot_widths(runs: dict[str, dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def full_length(full: dict[str, dict[str, Any]]) -> str:
+    """Table of the full-schedule arms against the dense baseline run of the same recipe."""
+    if not full:
+        return ""
+    base = read_metrics(BASELINE_LOG, kind="epoch") if BASELINE_LOG.exists() else []
+    dense = base[-1]["test_top1"] if base else None
+    epochs = len(next(iter(full.values()))["history"])
+    out = [f"\n### Full schedule ({epochs} epochs, the dense baseline's recipe)\n", HEADER]
+    if base:  # its epoch times were taken on a shared machine: not comparable, left out
+        out.append(f"| dense baseline (bench/train_baseline.py) | - | {dense:.2f} | | 1.000 | "
+                   "1.000 | - | - | the committed checkpoint's run |")  # fmt: skip
+    out += [row(a, r, dense) for a, r in full.items()]
+    for arm, r in full.items():
+        info = r["info"]
+        out.append(
+            f"\n{LABELS.get(arm, arm)}: hard-mask FLOPs {info['controller_ratio']:.3f} when "
+            f"training ended, λ multiplier {info['lambda_scale']:.2f}, exported model "
+            f"{r['flops_ratio']:.3f} FLOPs (threshold {info.get('threshold', 0.5):.3f})."
+        )
+    return "\n".join(out) + "\n"
+
+
+def plot_full(full: dict[str, dict[str, Any]]) -> None:
+    """Test top-1 and hard-mask FLOPs per epoch of the full-schedule arms and the baseline."""
+    if not full:
+        return
+    fig, (acc, flops) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if BASELINE_LOG.exists():
+        base = read_metrics(BASELINE_LOG, kind="epoch")
+        acc.plot([r["epoch"] for r in base], [r["test_top1"] for r in base], "k-",
+                 label="dense baseline")  # fmt: skip
+    for arm, r in full.items():
+        h = r["history"]
+        ep = [e["epoch"] for e in h]
+        acc.plot(ep, [e.get("test_top1", float("nan")) for e in h], "o-", ms=3,
+                 label=LABELS.get(arm, arm))  # fmt: skip
+        flops.plot(ep, [e["bwcp_hard_flops"] for e in h], "o-", ms=3, label=f"{arm} hard")
+        flops.plot(ep, [e["bwcp_expected_flops"] for e in h], "x:", label=f"{arm} expected")
+    flops.axhline(0.5, color="gray", ls="--", lw=1, label="target")
+    acc.set_xlabel("epoch")
+    acc.set_ylabel("test top-1 % (BWCP: hard masks)")
+    acc.legend(fontsize=7, loc="lower right")
+    flops.set_xlabel("epoch")
+    flops.set_ylabel("FLOPs / dense")
+    flops.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "bwcp_full_curves.png", dpi=120)
+    plt.close(fig)
+
+
 def plot_curves(runs: dict[str, dict[str, Any]]) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for arm in MAIN:
@@ -238,13 +295,15 @@ def plot_curves(runs: dict[str, dict[str, Any]]) -> None:
 
 def main() -> None:
     runs = load()
-    text = tables(runs)
+    full = load(FULL)
+    text = tables(runs) + full_length(full)
     (RESULTS / "bwcp_tables.md").write_text(text)
     print(text)
     plot_tradeoff(runs)
     plot_fig3(runs)
     plot_widths(runs)
     plot_curves(runs)
+    plot_full(full)
 
 
 if __name__ == "__main__":
