@@ -242,54 +242,33 @@ def full_length(full: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_full(full: dict[str, dict[str, Any]]) -> None:
-    """Test top-1 and hard-mask FLOPs per epoch of the full-schedule arms and the baseline."""
-    if not full:
+def plot_curves(
+    runs: dict[str, dict[str, Any]], out: Path, baseline: list[dict[str, Any]] | None = None
+) -> None:
+    """Test top-1 and hard-mask / expected FLOPs per epoch of each arm (and a dense log's)."""
+    if not runs:
         return
-    fig, (acc, flops) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if BASELINE_LOG.exists():
-        base = read_metrics(BASELINE_LOG, kind="epoch")
-        acc.plot([r["epoch"] for r in base], [r["test_top1"] for r in base], "k-",
+    fig, (acc, flops) = plt.subplots(1, 2, figsize=(11, 4))
+    if baseline:
+        acc.plot([r["epoch"] for r in baseline], [r["test_top1"] for r in baseline], "k-",
                  label="dense baseline")  # fmt: skip
-    for arm, r in full.items():
+    for arm, r in runs.items():
         h = r["history"]
         ep = [e["epoch"] for e in h]
         acc.plot(ep, [e.get("test_top1", float("nan")) for e in h], "o-", ms=3,
                  label=LABELS.get(arm, arm))  # fmt: skip
-        flops.plot(ep, [e["bwcp_hard_flops"] for e in h], "o-", ms=3, label=f"{arm} hard")
-        flops.plot(ep, [e["bwcp_expected_flops"] for e in h], "x:", label=f"{arm} expected")
-    flops.axhline(0.5, color="gray", ls="--", lw=1, label="target")
+        if "bwcp_hard_flops" in h[0]:
+            flops.plot(ep, [e["bwcp_hard_flops"] for e in h], "o-", ms=3, label=f"{arm} hard")
+            flops.plot(ep, [e["bwcp_expected_flops"] for e in h], "x:", label=f"{arm} expected")
     acc.set_xlabel("epoch")
-    acc.set_ylabel("test top-1 % (BWCP: hard masks)")
+    acc.set_ylabel("test top-1 % (eval mode: hard masks)")
     acc.legend(fontsize=7, loc="lower right")
     flops.set_xlabel("epoch")
     flops.set_ylabel("FLOPs / dense")
-    flops.legend(fontsize=7)
+    flops.set_title("hard-mask and expected FLOPs during training")
+    flops.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(RESULTS / "bwcp_full_curves.png", dpi=120)
-    plt.close(fig)
-
-
-def plot_curves(runs: dict[str, dict[str, Any]]) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for arm in MAIN:
-        if arm not in runs:
-            continue
-        h = runs[arm]["history"]
-        ep = [r["epoch"] for r in h]
-        axes[0].plot(ep, [r.get("test_top1", float("nan")) for r in h], "o-", label=LABELS[arm])
-        if "bwcp_hard_flops" in h[0]:
-            axes[1].plot(ep, [r["bwcp_hard_flops"] for r in h], "o-", label=f"{arm} hard")
-            axes[1].plot(ep, [r["bwcp_expected_flops"] for r in h], "x:", label=f"{arm} expected")
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("test top-1 (eval mode: hard masks) %")
-    axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("FLOPs / dense")
-    axes[1].set_title("hard-mask and expected FLOPs during training")
-    axes[1].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(RESULTS / "bwcp_curves.png", dpi=120)
+    fig.savefig(out, dpi=120)
     plt.close(fig)
 
 
@@ -302,8 +281,9 @@ def main() -> None:
     plot_tradeoff(runs)
     plot_fig3(runs)
     plot_widths(runs)
-    plot_curves(runs)
-    plot_full(full)
+    plot_curves({a: runs[a] for a in MAIN if a in runs}, RESULTS / "bwcp_curves.png")
+    base = read_metrics(BASELINE_LOG, kind="epoch") if BASELINE_LOG.exists() else None
+    plot_curves(full, RESULTS / "bwcp_full_curves.png", base)
 
 
 if __name__ == "__main__":
