@@ -25,7 +25,6 @@ and without whitening, channel-correlation scores) and is skipped on a rerun.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import time
@@ -73,6 +72,10 @@ ARMS: dict[str, dict[str, Any] | None] = {
     # short run (stage 3 kept 6 of 64 channels in abl_no_loss), cutting the classifier off.
     "inner_lam_8": {**_lam(8), "shortcuts": False},
     "inner_target50": {**_lam(1), "target_control": True, "shortcuts": False},
+    # As inner_target50 / target50, with the controller's aim ramped from the first measured
+    # FLOPs to the target over the first half of the schedule (after the warm-up).
+    "inner_target50_ramp": {**_lam(1), "target_control": True, "shortcuts": False},
+    "target50_ramp": {**_lam(1), "target_control": True},
     "abl_full": _lam(ABL_LAM),
     "abl_bw_only": {"lambda1": 0.0, "lambda2": 0.0, "sampling": "none"},
     "abl_loss_only": {**_lam(ABL_LAM), "whiten": False, "sampling": "none"},
@@ -80,6 +83,17 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "abl_no_loss": {"lambda1": 0.0, "lambda2": 0.0},
     "abl_hard_st": {**_lam(ABL_LAM), "sampling": "hard_st"},
 }
+
+
+RAMPED = ("inner_target50_ramp", "target50_ramp")
+
+
+def arm_options(arm: str, epochs: int) -> dict[str, Any]:
+    """An arm's BWCP options; ramped arms get half the schedule as `target_ramp_epochs`."""
+    options = dict(ARMS[arm] or {})
+    if arm in RAMPED:
+        options["target_ramp_epochs"] = epochs / 2
+    return options
 
 
 def threads() -> int:
@@ -211,10 +225,10 @@ def main() -> None:
         torch.manual_seed(0)
         start = time.perf_counter()
         task = task_for(arm, args.epochs, args.steps_per_epoch, Path(args.runs))
-        options = ARMS[arm]
         result = (
-            run_dense(arm, task) if options is None else run_bwcp(arm, task, copy.copy(options))
-        )
+            run_dense(arm, task) if ARMS[arm] is None
+            else run_bwcp(arm, task, arm_options(arm, args.epochs))
+        )  # fmt: skip
         result.update(arm=arm, epochs=args.epochs, seconds=time.perf_counter() - start,
                       steps_per_epoch=task.train.steps_per_epoch, threads=threads())  # fmt: skip
         atomic_write_text(path, json.dumps(result, indent=1))

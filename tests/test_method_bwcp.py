@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -297,6 +298,27 @@ def test_without_whitening_masks_batch_norm_outputs() -> None:
 
 
 # --------------------------------------------------------------- the method
+def test_target_ramp_moves_the_aim_from_the_first_cost_to_the_target() -> None:
+    _model, gates = _bwcp_model()
+    opts = BWCPOptions(control_rate=0.5, warmup_epochs=1, target_ramp_epochs=2)
+    ratio = gates.hard_ratio("flops")
+    cb = BWCPCallback(gates, opts, target=ratio / 2, metric="flops")
+    cb.on_train_start(SimpleNamespace(steps_per_epoch=10))
+    assert (cb.ramp_start, cb.ramp_steps) == (10, 20)
+    cb.control(step=10)  # the first update fixes the ramp's start at the measured cost
+    assert cb.start_ratio == pytest.approx(ratio) and cb.scale == 1.0  # on the aim: no change
+    assert cb.aim(20) == pytest.approx(0.75 * ratio)
+    assert cb.aim(30) == cb.aim(400) == pytest.approx(ratio / 2)
+    cb.control(step=20)  # 1/0.75 of the aim: a third of the full error's step
+    assert cb.scale == pytest.approx(math.exp(0.5 / 3))
+    assert cb.timeline[-1][3] == pytest.approx(0.75 * ratio)
+    other = BWCPCallback(gates, opts, target=ratio / 2, metric="flops")
+    other.load_state_dict(cb.state_dict())
+    assert other.start_ratio == cb.start_ratio
+    with pytest.raises(ConfigError, match="target_ramp_epochs"):
+        BWCPOptions(target_ramp_epochs=-1).validate()
+
+
 def _task(target: float = 0.5, epochs: int = 2) -> PruneTask:
     data = build_data("synthetic", batch_size=16, n_train=128, n_test=64)
     cfg = TrainConfig(
