@@ -37,6 +37,8 @@ MAIN = [
     "target50_lam32",
     "inner_lam_8",
     "inner_target50",
+    "target50_ramp",
+    "inner_target50_ramp",
 ]
 ABLATIONS = ["abl_full", "abl_bw_only", "abl_loss_only", "abl_no_bw", "abl_no_loss", "abl_hard_st"]
 LABELS = {
@@ -49,6 +51,8 @@ LABELS = {
     "target50_lam32": "BWCP, FLOPs target 50%, λ starting at x 32",
     "inner_lam_8": "BWCP, λ x 8, residual streams unmasked",
     "inner_target50": "BWCP, FLOPs target 50%, residual streams unmasked",
+    "target50_ramp": "BWCP, FLOPs target 50%, aim ramped over half the schedule",
+    "inner_target50_ramp": "BWCP, FLOPs target 50%, ramped aim, residual streams unmasked",
     "abl_full": "full BWCP (BW + loss + Gumbel)",
     "abl_bw_only": "BW only (no masks, no loss)",
     "abl_loss_only": "sparsity loss only (BN, no masks)",
@@ -148,7 +152,8 @@ def plot_tradeoff(runs: dict[str, dict[str, Any]]) -> None:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="BWCP, λ sweep")
         for x, y, a in pts:
             ax.annotate(a.replace("lam_", "λx"), (x, y), textcoords="offset points", xytext=(4, 4))
-    marks = {"target50": "s", "target50_lam32": "x", "inner_lam_8": "^", "inner_target50": "D"}
+    marks = {"target50": "s", "target50_lam32": "x", "inner_lam_8": "^", "inner_target50": "D",
+             "target50_ramp": "P", "inner_target50_ramp": "*"}  # fmt: skip
     for arm, marker in marks.items():
         if arm in runs:
             r = runs[arm]
