@@ -9,6 +9,9 @@ crop + flip, channels_last) scaled down to what fits a shared 2-core CPU:
     target50         BWCP with the FLOPs target 50% (λ steered by the multiplier update
                      from the paper's λ; target50_lam32: from λ x 32)
     inner_*          as lam_8 / target50 with the residual streams left unmasked
+    *_ramp           target arms whose aim ramps to the target over half the schedule;
+                     the full-schedule result: inner_target50_ramp --epochs 30
+                     --results bench/results/bwcp_full --runs runs/bwcp_full
     abl_*            the paper's Table 3 at a third of the cost: EPOCHS "epochs" of
                      130 steps (full | bw_only | loss_only | no_bw | no_loss | hard_st)
 
