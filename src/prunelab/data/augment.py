@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from prunelab.errors import ConfigError
+
 
 def draw_crop_flip(
     n: int, pad: int, flip: bool, generator: torch.Generator
@@ -61,6 +63,13 @@ def draw_cutout(
     """Per-sample cutout centres, uniform over the image (so squares may be clipped)."""
     return (torch.randint(0, h, (n,), generator=generator),
             torch.randint(0, w, (n,), generator=generator))
+
+
+def cutout_size(size: int) -> int:
+    """A loader's `cutout` option checked: the erased square's side, 0 = off."""
+    if size < 0:
+        raise ConfigError(f"cutout must be >= 0 (0 = off), got {size}")
+    return int(size)
 
 
 def cutout(

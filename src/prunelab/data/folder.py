@@ -27,9 +27,16 @@ from torch.utils.data import (
     Subset,
 )
 
-from prunelab.data.augment import cutout, draw_cutout, norm_constants, normalize, resize
+from prunelab.data.augment import (
+    cutout,
+    cutout_size,
+    draw_cutout,
+    norm_constants,
+    normalize,
+    resize,
+)
 from prunelab.data.loader import dist_rank_world
-from prunelab.errors import ConfigError, CorruptFileError, DataNotFoundError
+from prunelab.errors import CorruptFileError, DataNotFoundError
 
 
 class ShardSampler(Sampler[int]):
@@ -139,9 +146,7 @@ class FolderLoader:
         self.shard = shard
         self.epoch = 0
         self.target_device = torch.device("cpu")
-        if cutout < 0:
-            raise ConfigError(f"cutout must be >= 0 (0 = off), got {cutout}")
-        self.cutout = int(cutout)
+        self.cutout = cutout_size(cutout)
 
     @property
     def num_samples(self) -> int:

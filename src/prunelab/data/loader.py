@@ -18,6 +18,7 @@ import torch.distributed as dist
 from prunelab.data.augment import (
     crop_flip,
     cutout,
+    cutout_size,
     draw_crop_flip,
     draw_cutout,
     norm_constants,
@@ -95,8 +96,6 @@ class TensorLoader:
             raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if cutout < 0:
-            raise ConfigError(f"cutout must be >= 0 (0 = off), got {cutout}")
         self.images = images
         self.labels = labels.long()
         self.indices = None if indices is None else indices.long().cpu()
@@ -108,7 +107,7 @@ class TensorLoader:
         self.drop_last = drop_last
         self.pad = pad
         self.flip = flip
-        self.cutout = int(cutout)
+        self.cutout = cutout_size(cutout)
         self.resolution = resolution
         self.seed = seed
         self.shard = shard
@@ -152,7 +151,7 @@ class TensorLoader:
         if self.augment:
             oy, ox, fl = oy[pos], ox[pos], fl[pos]
         if erase:
-            cy, cx = cy[pos].to(self.images.device), cx[pos].to(self.images.device)
+            cy, cx = cy[pos], cx[pos]
         if self.indices is not None:
             order = self.indices[order]
         bs = self.batch_size
@@ -161,6 +160,8 @@ class TensorLoader:
         order_dev = order.to(dev)
         if self.augment:  # one host-to-device copy per epoch, not per batch
             oy, ox, fl = oy.to(dev), ox.to(dev), fl.to(dev)
+        if erase:
+            cy, cx = cy.to(dev), cx.to(dev)
         norm = norm_constants(self.mean, self.std, dev)
         for start in range(0, stop, bs):
             idx = order_dev[start:start + bs]

@@ -86,15 +86,11 @@ class MetricsLog:
         """
         if self.path is None or not self.path.exists():
             return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the kill
-            if not (rec.get("kind") == "epoch" and rec.get("epoch", 0) > epoch):
-                kept.append(line)
-        data = "".join(line + "\n" for line in kept).encode()
+        kept = [
+            rec for rec in read_metrics(self.path)  # drops a line cut short by the kill
+            if not (rec.get("kind") == "epoch" and rec.get("epoch", 0) > epoch)
+        ]  # fmt: skip
+        data = "".join(json.dumps(rec) + "\n" for rec in kept).encode()
         atomic_write_bytes(self.path, lambda f: f.write(data))
 
     def write(self, record: dict[str, Any]) -> None:
