@@ -225,11 +225,10 @@ def plot_widths(runs: dict[str, dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def full_length(full: dict[str, dict[str, Any]]) -> str:
-    """Table of the full-schedule arms against the dense baseline run of the same recipe."""
+def full_length(full: dict[str, dict[str, Any]], base: list[dict[str, Any]]) -> str:
+    """Table of the full-schedule arms against the dense baseline's epoch records `base`."""
     if not full:
         return ""
-    base = read_metrics(BASELINE_LOG, kind="epoch") if BASELINE_LOG.exists() else []
     dense = base[-1]["test_top1"] if base else None
     epochs = len(next(iter(full.values()))["history"])
     out = [f"\n### Full schedule ({epochs} epochs, the dense baseline's recipe)\n", HEADER]
@@ -280,14 +279,14 @@ def plot_curves(
 def main() -> None:
     runs = load()
     full = load(FULL)
-    text = tables(runs) + full_length(full)
+    base = read_metrics(BASELINE_LOG, kind="epoch") if BASELINE_LOG.exists() else []
+    text = tables(runs) + full_length(full, base)
     (RESULTS / "bwcp_tables.md").write_text(text)
     print(text)
     plot_tradeoff(runs)
     plot_fig3(runs)
     plot_widths(runs)
     plot_curves({a: runs[a] for a in MAIN if a in runs}, RESULTS / "bwcp_curves.png")
-    base = read_metrics(BASELINE_LOG, kind="epoch") if BASELINE_LOG.exists() else None
     plot_curves(full, RESULTS / "bwcp_full_curves.png", base)
 
 

@@ -428,8 +428,11 @@ class BWCPCallback(Callback):
         self.ramp_start, self.ramp_steps = 0, 0  # set from the trainer's epoch length
         self.timeline: list[list[float]] = []  # [step, hard ratio, scale, aim]
 
+    def _warmup_steps(self, trainer: Trainer) -> float:
+        return self.opts.warmup_epochs * trainer.steps_per_epoch
+
     def on_train_start(self, trainer: Trainer) -> None:
-        self.ramp_start = int(self.opts.warmup_epochs * trainer.steps_per_epoch)
+        self.ramp_start = int(self._warmup_steps(trainer))
         self.ramp_steps = int(self.opts.target_ramp_epochs * trainer.steps_per_epoch)
 
     def aim(self, step: int) -> float:
@@ -441,7 +444,7 @@ class BWCPCallback(Callback):
         return self.start_ratio + (self.target - self.start_ratio) * done
 
     def _active(self, trainer: Trainer) -> bool:
-        return trainer.global_step >= self.opts.warmup_epochs * trainer.steps_per_epoch
+        return trainer.global_step >= self._warmup_steps(trainer)
 
     def on_step_start(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.gates.release()
