@@ -47,7 +47,7 @@ def main() -> None:
     for item in args.note:
         index, _, text = item.partition("=")
         notes[int(index)] = text
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 4.4))
     for number, path in enumerate(args.logs, start=1):
         config, rows = read_run(path)
         if not rows:
@@ -55,6 +55,8 @@ def main() -> None:
         n = int(config.get("epochs", len(rows)))
         xs = [r["epoch"] / n for r in rows]
         label = f"{n} epochs, batch {config.get('batch_size', '?')}"
+        if config.get("lr", 0.1) != 0.1:  # the recipe's peak lr; others are labelled
+            label += f", lr {config['lr']}"
         if config["cutout"]:
             label += f", cutout {config['cutout']}"
         if config.get("label_smoothing"):
@@ -69,14 +71,17 @@ def main() -> None:
         print(f"{path}: {len(rows)}/{n} epochs, last test top-1 {rows[-1]['test_top1']:.2f}%, "
               f"best {best['test_top1']:.2f}% (epoch {best['epoch']}), "
               f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
-    acc.set_ylim(60, 92)
+    acc.set_ylim(70, 90)
     acc.axhline(88, color="gray", ls="--", lw=1, label="target 88%")
     for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss (with smoothing, if any)")):
         ax.set_xlabel("fraction of the schedule")
         ax.set_ylabel(name)
-    acc.legend(fontsize=7, loc="lower right")  # one legend: both panels share the colours
+    # one legend below both panels (they share the colours), clear of the curves
+    handles, labels = acc.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
     fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine-schedule baselines")
-    fig.tight_layout()
+    rows_of_legend = (len(labels) + 1) // 2
+    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
     fig.savefig(args.out, dpi=120)
     plt.close(fig)
     print(f"wrote {args.out}")
