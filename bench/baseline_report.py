@@ -47,16 +47,14 @@ def main() -> None:
     for item in args.note:
         index, _, text = item.partition("=")
         notes[int(index)] = text
-    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 4.4))
+    fig, (acc, loss) = plt.subplots(1, 2, figsize=(9, 3.4))
     for number, path in enumerate(args.logs, start=1):
         config, rows = read_run(path)
         if not rows:
             raise SystemExit(f"{path}: no epoch records (is it a prunelab metrics.jsonl?)")
         n = int(config.get("epochs", len(rows)))
         xs = [r["epoch"] / n for r in rows]
-        label = f"{n} epochs, batch {config.get('batch_size', '?')}"
-        if config.get("lr", 0.1) != 0.1:  # the recipe's peak lr; others are labelled
-            label += f", lr {config['lr']}"
+        label = f"{n} epochs, batch {config.get('batch_size', '?')}, lr {config.get('lr', '?')}"
         if config["cutout"]:
             label += f", cutout {config['cutout']}"
         if config.get("label_smoothing"):
@@ -76,13 +74,13 @@ def main() -> None:
     for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss (with smoothing, if any)")):
         ax.set_xlabel("fraction of the schedule")
         ax.set_ylabel(name)
-    # one legend below both panels (they share the colours), clear of the curves
-    handles, labels = acc.get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=2)
     fig.suptitle("ResNet-20, CIFAR-10 (JPEG): cosine-schedule baselines")
-    rows_of_legend = (len(labels) + 1) // 2
-    fig.tight_layout(rect=(0, 0.045 * rows_of_legend + 0.02, 1, 1))
-    fig.savefig(args.out, dpi=120)
+    fig.tight_layout()
+    # one legend under both panels (they share the colours), clear of the curves;
+    # the tight bounding box grows the saved image to hold it
+    handles, labels = acc.get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0), ncol=2)
+    fig.savefig(args.out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     print(f"wrote {args.out}")
 
