@@ -13,13 +13,14 @@ src/prunelab/checkpoints/resnet20_cifar10_jpg.pt (about 1 MB, committed).
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
 
 import prunelab
 from prunelab.data import build_data
-from prunelab.train import TrainConfig, Trainer
+from prunelab.train import TrainConfig, Trainer, WeightAveraging
 
 CHECKPOINT = Path("src/prunelab/checkpoints/resnet20_cifar10_jpg.pt")
 
@@ -36,27 +37,45 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--cutout", type=int, default=0, help="erased square side, 0 = off")
     parser.add_argument("--no-decay-bn-bias", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
+    parser.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
+                        help="also keep an EMA of the weights (repeatable)")
+    parser.add_argument("--swa-start", type=int, action="append", default=[], metavar="EPOCH",
+                        help="also keep a uniform average of the weights from this epoch")
+    parser.add_argument("--average-start", type=int, default=0, metavar="EPOCH",
+                        help="epoch (0-based) from which the EMAs run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=0, cutout=args.cutout)
+    averages = ([WeightAveraging(decay, start_epoch=args.average_start) for decay in args.ema]
+                + [WeightAveraging(None, start_epoch=start) for start in args.swa_start])
+    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=args.seed,
+                      cutout=args.cutout)
     model = prunelab.create(args.model, num_classes=data.num_classes)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,
-        nesterov=True, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=0,
+        nesterov=True, weight_decay=5e-4, schedule="cosine", warmup_epochs=1, seed=args.seed,
         label_smoothing=args.label_smoothing, no_decay_bn_bias=args.no_decay_bn_bias,
         channels_last="on", threads=args.threads, run_dir=args.run_dir,
         resume=(Path(args.run_dir) / "checkpoint.pt").exists(),
     )  # fmt: skip
-    trainer = Trainer(model, data, config)
+    trainer = Trainer(model, data, config, callbacks=averages)
     final = trainer.fit()
-    model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
-    prunelab.save(
-        model,
-        args.out,
-        meta={"data": "cifar10_jpg", "cutout": args.cutout, "top1": final.get("top1"),
-              "recipe": config.to_dict()},
-    )
+    meta = {"data": "cifar10_jpg", "cutout": args.cutout, "recipe": config.to_dict()}
+    save_model(trainer.model, args.out, {**meta, "top1": final.get("top1")})
     print(f"top-1 {final.get('top1')}, saved {args.out}")
+    for average in averages:
+        # each average is written beside the final weights: model_ema0.999.pt, ...
+        out = Path(args.out).with_name(f"{Path(args.out).stem}_{average.name}.pt")
+        average.apply_to(trainer.model)
+        top1 = trainer.evaluate(log=False)["top1"]
+        save_model(trainer.model, out, {**meta, "top1": top1, "average": average.name})
+        print(f"{average.name}: top-1 {top1}, saved {out}")
+
+
+def save_model(model: torch.nn.Module, out: str | Path, meta: dict) -> None:
+    """Save a CPU, NCHW copy (the trainer keeps its model in channels_last on its device)."""
+    nchw = copy.deepcopy(model).to(memory_format=torch.contiguous_format).cpu().eval()
+    prunelab.save(nchw, out, meta=meta)
 
 
 if __name__ == "__main__":

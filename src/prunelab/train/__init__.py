@@ -3,9 +3,11 @@
 Modules: config (TrainConfig, presets), optim (parameter groups, per-step lr
 schedule), callbacks (the hooks methods implement), checkpoint (atomic save,
 safe load, random states), distributed (torchrun/DDP helpers), progress
-(stderr lines and metrics.jsonl), loop (Trainer).
+(stderr lines and metrics.jsonl), averaging (EMA / SWA weight averages),
+loop (Trainer).
 """
 
+from prunelab.train.averaging import WeightAveraging
 from prunelab.train.callbacks import Callback
 from prunelab.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -32,6 +34,7 @@ __all__ = [
     "Progress",
     "TrainConfig",
     "Trainer",
+    "WeightAveraging",
     "build_optimizer",
     "init_distributed",
     "load_checkpoint",
