@@ -83,6 +83,22 @@ def test_train_resume_continues_the_run(tmp_path: Path) -> None:
     assert [r["epoch"] for r in epochs if r["kind"] == "epoch"] == [1, 2]
 
 
+def test_train_with_average_saves_the_averaged_weights(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    more = [s for s in SYNTH if not s.startswith("train.epochs")] + ["train.epochs=2"]
+    args = ["train", "model=resnet20", *more, "average.decay=null", "average.start_epoch=1"]
+    assert main([*args, "--quiet", "--run-dir", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    average = summary["info"]["average"]
+    assert average["name"] == "swa1" and summary["rows"][0]["label"] == "trained (swa1)"
+    assert summary["rows"][0]["top1"] == average["top1"]
+    assert average["last_step_top1"] == summary["info"]["final"]["top1"]
+    last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-2]
+    assert last["swa1_test_top1"] == average["top1"]  # the saved model is the average
+    assert io.load(run / "model.pt").prunelab_meta["average"] == {"decay": None,
+                                                                  "start_epoch": 1}
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -93,6 +109,9 @@ def test_train_resume_continues_the_run(tmp_path: Path) -> None:
         (["prune", "checkpoint=/nonexistent/model.pt", *SYNTH], "no model file"),
         (["train", "model=resnet20", "train.epochs=-1", *SYNTH[:4]], "epochs"),
         (["train", "model=resnet20", "--resume", *SYNTH], "--resume needs --run-dir"),
+        (["train", "model=resnet20", "average.start_epoch=1", *SYNTH], "nothing would be averaged"),
+        (["train", "model=resnet20", "average.decya=0.9", *SYNTH], "unknown average option"),
+        (["prune", "average.decay=0.9", *SYNTH], "applies to `prunelab train`"),
         (["prune", "model=resnet20", "checkpoint=null", "data.name=cifar10_jpg",
           "data.root=/nonexistent"], "/nonexistent"),
     ],

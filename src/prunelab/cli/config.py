@@ -10,6 +10,8 @@ A configuration is a nested dict with these top-level keys:
     target: 0.5                  # cost to reach, as a fraction of the dense model
     metric: flops                # flops (MACs) or params
     train: {epochs: ..., lr: ...}                                 # TrainConfig fields
+    average: {decay: 0.999, start_epoch: 0}   # `prunelab train`: keep and save a weight
+                                 # average (EMA; decay null = uniform/SWA), or null for none
     latency: {batch: 8, threads: 2, repeats: 20}
     seed: 0
     run_dir: null                # default runs/<command>-<method>-<model>-<time>
@@ -28,7 +30,7 @@ from prunelab.errors import ConfigError
 
 TOP_LEVEL = {
     "model", "checkpoint", "reference", "data", "method", "target", "metric", "train", "latency",
-    "seed", "run_dir", "quiet", "name",
+    "seed", "run_dir", "quiet", "name", "average",
 }  # fmt: skip
 
 # The offline default of `prunelab prune` (and `make demo`): the committed
@@ -121,7 +123,7 @@ def build_config(
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
-    for section in ("data", "train", "latency"):
+    for section in ("data", "train", "latency", "average"):
         if not isinstance(config.get(section) or {}, dict):
             raise ConfigError(f"config {section!r} must be a mapping")
     return config

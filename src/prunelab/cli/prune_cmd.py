@@ -38,6 +38,9 @@ from prunelab.train import MetricsLog, TrainConfig
 def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     """Run a pruning configuration end to end; returns the run summary."""
     start = time.perf_counter()
+    if config.get("average"):
+        raise ConfigError("average (weight averaging) applies to `prunelab train`, not to prune; "
+                          "a method's fine-tuning keeps its last weights")
     method_cfg = dict(config.get("method") or {})
     name = method_cfg.pop("name", None)
     if not name:

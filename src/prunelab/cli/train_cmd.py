@@ -13,9 +13,10 @@ from prunelab import io
 from prunelab.atomic import atomic_write_text
 from prunelab.cli.config import dump
 from prunelab.cli.setup import make_data, make_model, run_dir, say
+from prunelab.errors import ConfigError
 from prunelab.metrics import count
 from prunelab.report import SUMMARY_NAME, ModelStats, format_table, plots, write_run_report
-from prunelab.train import TrainConfig, Trainer
+from prunelab.train import TrainConfig, Trainer, WeightAveraging
 from prunelab.train import distributed as D
 
 
@@ -34,22 +35,33 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
          **(config.get("train") or {}), "run_dir": str(out)}
     )  # fmt: skip
     say(config, f"training {config.get('model')} on {data.name} for {train.epochs} epochs -> {out}")
-    trainer = Trainer(model, data, train)
+    average = make_average(config, train.epochs)
+    trainer = Trainer(model, data, train, [average] if average else [])
     try:
         final = trainer.fit()
+        label, top1, info = "trained", final.get("top1"), {"final": final}
+        if average is not None:  # the saved model is the average; the last step's is reported
+            average.apply_to(trainer.model)
+            label, top1 = f"trained ({average.name})", trainer.evaluate(log=False)["top1"]
+            info["average"] = {"name": average.name, "top1": top1,
+                               "last_step_top1": final.get("top1")}
     finally:
         D.cleanup()
     if not ctx.is_main:
         return None
+    if average is not None:
+        say(config, f"weights of the last step: top-1 {final.get('top1'):.2f}%; "
+                    f"saving their average {average.name}: {top1:.2f}%")
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
     x = torch.zeros(1, *data.effective_input_size)
     cost = count(model, x)
-    row = ModelStats("trained", final.get("top1"), cost.flops, cost.params)
-    io.save(model, out / "model.pt", meta={"top1": final.get("top1"), "data": data.name,
-                                             "recipe": train.to_dict()})  # fmt: skip
+    row = ModelStats(label, top1, cost.flops, cost.params)
+    io.save(model, out / "model.pt", meta={"top1": top1, "data": data.name,
+                                             "recipe": train.to_dict(),
+                                             "average": config.get("average")})  # fmt: skip
     summary = {
         "command": "train", "model": config.get("model"), "method": None, "rows": [row.to_dict()],
-        "info": {"final": final}, "seconds": time.perf_counter() - start,
+        "info": info, "seconds": time.perf_counter() - start,
         "model_file": "model.pt", "config": config,
     }  # fmt: skip
     images = []
@@ -63,3 +75,19 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
         print(table)
         print(f"\nrun folder: {out}")
     return summary
+
+
+def make_average(config: dict[str, Any], epochs: int) -> WeightAveraging | None:
+    """The `average:` section as a WeightAveraging callback (None when absent)."""
+    options = config.get("average")
+    if not options:
+        return None
+    known = {"decay", "start_epoch", "name"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown average option(s) {unknown}; known: {sorted(known)}")
+    average = WeightAveraging(**options)
+    if average.start_epoch >= epochs:
+        raise ConfigError(f"average.start_epoch={average.start_epoch} is not before the end "
+                          f"of training ({epochs} epochs): nothing would be averaged")
+    return average
