@@ -38,18 +38,35 @@ def main() -> None:
     parser.add_argument("--cutout", type=int, default=0, help="erased square side, 0 = off")
     parser.add_argument("--no-decay-bn-bias", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
-    parser.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
-                        help="also keep an EMA of the weights (repeatable)")
-    parser.add_argument("--swa-start", type=int, action="append", default=[], metavar="EPOCH",
-                        help="also keep a uniform average of the weights from this epoch")
-    parser.add_argument("--average-start", type=int, default=0, metavar="EPOCH",
-                        help="epoch (0-based) from which the EMAs run")
+    parser.add_argument(
+        "--ema",
+        type=float,
+        action="append",
+        default=[],
+        metavar="DECAY",
+        help="also keep an EMA of the weights (repeatable)",
+    )
+    parser.add_argument(
+        "--swa-start",
+        type=int,
+        action="append",
+        default=[],
+        metavar="EPOCH",
+        help="also keep a uniform average of the weights from this epoch",
+    )
+    parser.add_argument(
+        "--average-start",
+        type=int,
+        default=0,
+        metavar="EPOCH",
+        help="epoch (0-based) from which the EMAs run",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    averages = ([WeightAveraging(decay, start_epoch=args.average_start) for decay in args.ema]
-                + [WeightAveraging(None, start_epoch=start) for start in args.swa_start])
-    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=args.seed,
-                      cutout=args.cutout)
+    averages = [WeightAveraging(decay, start_epoch=args.average_start) for decay in args.ema] + [
+        WeightAveraging(None, start_epoch=start) for start in args.swa_start
+    ]
+    data = build_data("cifar10_jpg", batch_size=args.batch_size, seed=args.seed, cutout=args.cutout)
     model = prunelab.create(args.model, num_classes=data.num_classes)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=0.9,

@@ -29,8 +29,9 @@ class Snapshots(Callback):
         self.states: list[tuple[int, dict[str, torch.Tensor]]] = []
 
     def on_step_end(self, trainer: Trainer) -> None:
-        self.states.append((trainer.epoch, {k: v.detach().clone()
-                                            for k, v in trainer.model.state_dict().items()}))
+        self.states.append(
+            (trainer.epoch, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        )
 
 
 def config(**kw) -> TrainConfig:
@@ -80,8 +81,9 @@ def test_average_is_evaluated_each_epoch_and_can_be_applied(tmp_path: Path):
     trainer.fit()
     epochs = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "epoch"]
     assert "tail_test_top1" not in epochs[0]  # nothing averaged before epoch 1
-    assert all({"tail_test_top1", "tail_test_top5", "tail_test_loss"} <= r.keys()
-               for r in epochs[1:])
+    assert all(
+        {"tail_test_top1", "tail_test_top5", "tail_test_loss"} <= r.keys() for r in epochs[1:]
+    )
     own = {k: v.clone() for k, v in model.state_dict().items()}
     assert epochs[-1]["test_top1"] == trainer.evaluate(log=False)["top1"]  # own weights back
     swa.apply_to(model)

@@ -43,15 +43,21 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
         if average is not None:  # the saved model is the average; the last step's is reported
             average.apply_to(trainer.model)
             label, top1 = f"trained ({average.name})", trainer.evaluate(log=False)["top1"]
-            info["average"] = {"name": average.name, "top1": top1,
-                               "last_step_top1": final.get("top1")}
+            info["average"] = {
+                "name": average.name,
+                "top1": top1,
+                "last_step_top1": final.get("top1"),
+            }
     finally:
         D.cleanup()
     if not ctx.is_main:
         return None
     if average is not None:
-        say(config, f"weights of the last step: top-1 {final.get('top1'):.2f}%; "
-                    f"saving their average {average.name}: {top1:.2f}%")
+        say(
+            config,
+            f"weights of the last step: top-1 {final.get('top1'):.2f}%; "
+            f"saving their average {average.name}: {top1:.2f}%",
+        )
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
     x = torch.zeros(1, *data.effective_input_size)
     cost = count(model, x)
@@ -88,6 +94,8 @@ def make_average(config: dict[str, Any], epochs: int) -> WeightAveraging | None:
         raise ConfigError(f"unknown average option(s) {unknown}; known: {sorted(known)}")
     average = WeightAveraging(**options)
     if average.start_epoch >= epochs:
-        raise ConfigError(f"average.start_epoch={average.start_epoch} is not before the end "
-                          f"of training ({epochs} epochs): nothing would be averaged")
+        raise ConfigError(
+            f"average.start_epoch={average.start_epoch} is not before the end "
+            f"of training ({epochs} epochs): nothing would be averaged"
+        )
     return average

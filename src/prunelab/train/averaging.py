@@ -39,11 +39,18 @@ class WeightAveraging(Callback):
     `name` prefixes the logged metrics; by default "ema0.999" or "swa<start>".
     """
 
-    def __init__(self, decay: float | None = 0.999, start_epoch: int = 0,
-                 name: str | None = None, evaluate: bool = True) -> None:
+    def __init__(
+        self,
+        decay: float | None = 0.999,
+        start_epoch: int = 0,
+        name: str | None = None,
+        evaluate: bool = True,
+    ) -> None:
         if decay is not None and not 0.0 < decay < 1.0:
-            raise ConfigError(f"weight averaging decay={decay!r}: must be in (0, 1), "
-                              f"or None for a uniform average")
+            raise ConfigError(
+                f"weight averaging decay={decay!r}: must be in (0, 1), "
+                f"or None for a uniform average"
+            )
         if start_epoch < 0:
             raise ConfigError(f"weight averaging start_epoch={start_epoch!r}: must be >= 0")
         self.decay = decay
@@ -75,14 +82,19 @@ class WeightAveraging(Callback):
         self.count += 1
 
     def _fits(self, current: dict[str, torch.Tensor]) -> bool:
-        return (self.averaged is not None and self.averaged.keys() == current.keys()
-                and all(self.averaged[k].shape == v.shape for k, v in current.items()))
+        return (
+            self.averaged is not None
+            and self.averaged.keys() == current.keys()
+            and all(self.averaged[k].shape == v.shape for k, v in current.items())
+        )
 
     def apply_to(self, model: nn.Module) -> None:
         """Load the averaged weights into `model` (e.g. before saving it)."""
         if self.averaged is None:
-            raise ConfigError(f"weight average {self.name!r} is empty: no step reached "
-                              f"its start epoch {self.start_epoch}")
+            raise ConfigError(
+                f"weight average {self.name!r} is empty: no step reached "
+                f"its start epoch {self.start_epoch}"
+            )
         model.load_state_dict(self.averaged)
 
     @contextlib.contextmanager
