@@ -11,7 +11,9 @@ way, which is accurate when the averaged weights are close together (an EMA,
 or a uniform average over a low-lr tail); integer buffers are copied. The
 averaged weights live beside the model and never touch training: each
 evaluation epoch they are swapped in, evaluated and swapped out, and their
-metrics are logged as `<name>_test_top1` etc. `apply_to(model)` loads them
+metrics are logged as `<name>_test_top1` etc. (other callbacks' evaluation hooks
+run for that evaluation too, so e.g. BN re-estimation sees the averaged weights).
+`apply_to(model)` loads them
 for saving. If a method changes the model's shapes (channel surgery) the
 average restarts from the new weights, since the old ones no longer fit.
 """
