@@ -13,9 +13,9 @@ averaged weights live beside the model and never touch training: each
 evaluation epoch they are swapped in, evaluated and swapped out, and their
 metrics are logged as `<name>_test_top1` etc. (other callbacks' evaluation hooks
 run for that evaluation too, so e.g. BN re-estimation sees the averaged weights).
-`apply_to(model)` loads them
-for saving. If a method changes the model's shapes (channel surgery) the
-average restarts from the new weights, since the old ones no longer fit.
+`apply_to(model)` loads them for saving. If a method changes the model's shapes
+(channel surgery) the average restarts from the new weights, since the old ones
+no longer fit.
 """
 
 from __future__ import annotations
