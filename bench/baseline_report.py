@@ -5,7 +5,8 @@
 
 Prints each run's final and best test top-1 and writes one plot of test top-1
 and train loss against the fraction of the schedule done, so runs of different
-lengths line up at the same learning-rate phase.
+lengths line up at the same learning-rate phase. Weight averages a run logged
+(`--ema`, `--swa-start`) are drawn dotted in the run's colour.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     return config, [r for r in records if r.get("kind") == "epoch"]
 
 
+def weight_averages(rows: list[dict[str, Any]]) -> list[str]:
+    """Names of the weight averages logged beside the raw weights (e.g. "ema0.999")."""
+    suffix = "_test_top1"
+    return sorted({k[: -len(suffix)] for r in rows for k in r
+                   if k.endswith(suffix) and k != "test_top1"})  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("logs", nargs="+", type=Path)
@@ -59,16 +67,26 @@ def main() -> None:
             label += f", cutout {config['cutout']}"
         if config.get("label_smoothing"):
             label += f", label smoothing {config['label_smoothing']}"
+        if config.get("no_decay_bn_bias"):
+            label += ", no decay on BN/bias"
+        if config.get("seed"):
+            label += f", seed {config['seed']}"
         if number in notes:
             label += f", {notes[number]}"
         if len(rows) < n:
             label += f" (stopped after {len(rows)})"
-        acc.plot(xs, [r["test_top1"] for r in rows], "o-", ms=3, label=label)
+        (line,) = acc.plot(xs, [r["test_top1"] for r in rows], "o-", ms=3, label=label)
         loss.plot(xs, [r["train_loss"] for r in rows], "o-", ms=3, label=label)
         best = max(rows, key=lambda r: r["test_top1"])
         print(f"{path}: {len(rows)}/{n} epochs, last test top-1 {rows[-1]['test_top1']:.2f}%, "
               f"best {best['test_top1']:.2f}% (epoch {best['epoch']}), "
               f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
+        for average in weight_averages(rows):  # bench/train_baseline.py --ema / --swa-start
+            key = f"{average}_test_top1"
+            points = [(r["epoch"] / n, r[key]) for r in rows if key in r]
+            acc.plot(*zip(*points, strict=True), ":", color=line.get_color(), lw=1.5)
+            print(f"    weight average {average}: last test top-1 {points[-1][1]:.2f}% "
+                  f"(logged from epoch {next(r['epoch'] for r in rows if key in r)})")
     acc.set_ylim(70, 90)
     acc.axhline(88, color="gray", ls="--", lw=1, label="target 88%")
     for ax, name in ((acc, "test top-1 (%)"), (loss, "train loss (with smoothing, if any)")):
