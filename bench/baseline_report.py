@@ -6,7 +6,7 @@
 Prints each run's final and best test top-1 and writes one plot of test top-1
 and train loss against the fraction of the schedule done, so runs of different
 lengths line up at the same learning-rate phase. Weight averages a run logged
-(`--ema`, `--swa-start`) are drawn dotted in the run's colour.
+(`--ema`, `--swa-start`) are drawn dashed in the run's colour.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 from prunelab.train import read_metrics
 
 OUT = Path("bench/results/baseline_resnet20_compare.png")
+AVERAGE_STYLES = (":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 
 
 def read_run(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -62,7 +63,8 @@ def main() -> None:
             raise SystemExit(f"{path}: no epoch records (is it a prunelab metrics.jsonl?)")
         n = int(config.get("epochs", len(rows)))
         xs = [r["epoch"] / n for r in rows]
-        label = f"{n} epochs, batch {config.get('batch_size', '?')}, lr {config.get('lr', '?')}"
+        label = f"{number}: {n} epochs, batch {config.get('batch_size', '?')}"
+        label += f", lr {config.get('lr', '?')}"
         if config["cutout"]:
             label += f", cutout {config['cutout']}"
         if config.get("label_smoothing"):
@@ -81,10 +83,12 @@ def main() -> None:
         print(f"{path}: {len(rows)}/{n} epochs, last test top-1 {rows[-1]['test_top1']:.2f}%, "
               f"best {best['test_top1']:.2f}% (epoch {best['epoch']}), "
               f"final train top-1 {rows[-1]['train_top1']:.2f}%")  # fmt: skip
-        for average in weight_averages(rows):  # bench/train_baseline.py --ema / --swa-start
+        # bench/train_baseline.py --ema / --swa-start: the run's colour, one dash style each
+        for average, style in zip(weight_averages(rows), AVERAGE_STYLES, strict=False):
             key = f"{average}_test_top1"
             points = [(r["epoch"] / n, r[key]) for r in rows if key in r]
-            acc.plot(*zip(*points, strict=True), ":", color=line.get_color(), lw=1.5)
+            acc.plot(*zip(*points, strict=True), linestyle=style, color=line.get_color(), lw=1.5,
+                     label=f"  weight average {average} of run {number}")
             print(f"    weight average {average}: last test top-1 {points[-1][1]:.2f}% "
                   f"(logged from epoch {next(r['epoch'] for r in rows if key in r)})")
     acc.set_ylim(70, 90)

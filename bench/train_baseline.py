@@ -1,11 +1,14 @@
 """Train the dense ResNet-20 baseline on CIFAR-10 (JPEG) that post-training methods start from.
 
 Recipe (45-95 minutes on 2 CPU cores): 30 epochs (87.52%; 40 gave 87.33%, 40 with
---cutout 8 87.63%, --cutout 16 87.39%, --cutout 8 --lr 0.05 --label-smoothing 0.1 87.11%),
+--cutout 8 87.63% (seed 1: 87.37%), --cutout 16 87.39%, --cutout 8 --lr 0.05
+--label-smoothing 0.1 87.11%, --cutout 8 --no-decay-bn-bias 87.53%; see bench/RESULTS.md §2),
 batch 128, SGD with Nesterov momentum 0.9, lr 0.1 with 1 warm-up epoch then cosine to zero,
 weight decay 5e-4, pad-4 crop + flip. Resumable: rerun the same command after
 an interruption. The final model is written with `prunelab.save` to
 src/prunelab/checkpoints/resnet20_cifar10_jpg.pt (about 1 MB, committed).
+`--ema DECAY` / `--swa-start EPOCH` also keep weight averages, logged every epoch and
+saved beside the final model as <out>_<name>.pt (e.g. model_ema0.999.pt).
 
     python bench/train_baseline.py [--epochs 30] [--run-dir runs/baseline_resnet20]
 """
