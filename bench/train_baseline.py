@@ -41,29 +41,13 @@ def main() -> None:
     parser.add_argument("--cutout", type=int, default=0, help="erased square side, 0 = off")
     parser.add_argument("--no-decay-bn-bias", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
-    parser.add_argument(
-        "--ema",
-        type=float,
-        action="append",
-        default=[],
-        metavar="DECAY",
-        help="also keep an EMA of the weights (repeatable)",
-    )
-    parser.add_argument(
-        "--swa-start",
-        type=int,
-        action="append",
-        default=[],
-        metavar="EPOCH",
-        help="also keep a uniform average of the weights from this epoch",
-    )
-    parser.add_argument(
-        "--average-start",
-        type=int,
-        default=0,
-        metavar="EPOCH",
-        help="epoch (0-based) from which the EMAs run",
-    )
+    averaging = parser.add_argument_group("weight averages, logged and saved beside the model")
+    averaging.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
+                           help="an EMA of the weights with this decay (repeatable)")
+    averaging.add_argument("--swa-start", type=int, action="append", default=[], metavar="EPOCH",
+                           help="a uniform average of the weights from this epoch (repeatable)")
+    averaging.add_argument("--average-start", type=int, default=0, metavar="EPOCH",
+                           help="epoch (0-based) from which the EMAs run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     averages = [WeightAveraging(decay, start_epoch=args.average_start) for decay in args.ema] + [
