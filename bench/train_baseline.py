@@ -42,12 +42,14 @@ def main() -> None:
     parser.add_argument("--no-decay-bn-bias", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="init, data order and augmentation")
     averaging = parser.add_argument_group("weight averages, logged and saved beside the model")
+    # fmt: off
     averaging.add_argument("--ema", type=float, action="append", default=[], metavar="DECAY",
                            help="an EMA of the weights with this decay (repeatable)")
     averaging.add_argument("--swa-start", type=int, action="append", default=[], metavar="EPOCH",
                            help="a uniform average of the weights from this epoch (repeatable)")
     averaging.add_argument("--average-start", type=int, default=0, metavar="EPOCH",
                            help="epoch (0-based) from which the EMAs run")
+    # fmt: on
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     averages = [WeightAveraging(decay, start_epoch=args.average_start) for decay in args.ema] + [
@@ -71,7 +73,7 @@ def main() -> None:
         # each average is written beside the final weights: model_ema0.999.pt, ...
         out = Path(args.out).with_name(f"{Path(args.out).stem}_{average.name}.pt")
         average.apply_to(trainer.model)
-        top1 = trainer.evaluate(log=False)["top1"]
+        top1 = average.final_top1(trainer)  # evaluated by the callback after the last epoch
         save_model(trainer.model, out, {**meta, "top1": top1, "average": average.name})
         print(f"{average.name}: top-1 {top1}, saved {out}")
 

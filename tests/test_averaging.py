@@ -89,7 +89,13 @@ def test_average_is_evaluated_each_epoch_and_can_be_applied(tmp_path: Path):
     swa.apply_to(model)
     again = trainer.evaluate(log=False)
     assert again["loss"] == pytest.approx(epochs[-1]["tail_test_loss"], rel=1e-6)
+    assert swa.final_top1(trainer) == epochs[-1]["tail_test_top1"] == again["top1"]
     assert not state_equal(own, model.state_dict())
+    silent = WeightAveraging(decay=0.9, evaluate=False)
+    quiet_run = Trainer(tiny_cnn(), tiny_data(), config(epochs=1), [silent])
+    quiet_run.fit()
+    with pytest.raises(ConfigError, match="not evaluated"):
+        silent.final_top1(quiet_run)
 
 
 def seeded_cnn() -> torch.nn.Module:

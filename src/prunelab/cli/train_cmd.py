@@ -42,7 +42,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
         label, top1, info = "trained", final.get("top1"), {"final": final}
         if average is not None:  # the saved model is the average; the last step's is reported
             average.apply_to(trainer.model)
-            label, top1 = f"trained ({average.name})", trainer.evaluate(log=False)["top1"]
+            label, top1 = f"trained ({average.name})", average.final_top1(trainer)
             info["average"] = {
                 "name": average.name,
                 "top1": top1,

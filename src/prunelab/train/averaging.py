@@ -119,7 +119,19 @@ class WeightAveraging(Callback):
             return
         with self.swapped_in(trainer.model):
             result = trainer.evaluate(log=False)
-        trainer.log(**{f"{self.name}_test_{k}": result[k] for k in ("top1", "top5", "loss")})
+        trainer.log(**{self.metric_key(k): result[k] for k in ("top1", "top5", "loss")})
+
+    def metric_key(self, metric: str) -> str:
+        """The log field of one of this average's test metrics, e.g. "ema0.999_test_top1"."""
+        return f"{self.name}_test_{metric}"
+
+    def final_top1(self, trainer: Trainer) -> float:
+        """Test top-1 of the average as evaluated after the last epoch (not evaluated again)."""
+        last = trainer.history[-1] if trainer.history else {}
+        key = self.metric_key("top1")
+        if key not in last:
+            raise ConfigError(f"weight average {self.name!r} was not evaluated in the last epoch")
+        return float(last[key])
 
     def state_dict(self) -> dict[str, Any]:
         return {"averaged": self.averaged, "count": self.count}
