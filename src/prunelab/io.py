@@ -2,6 +2,9 @@
 
 A model built by `prunelab.models.create` is saved as its recipe (name and
 arguments), the names of blocks replaced by identity, and its state dict.
+`prunelab_input_size` (the size it runs at) and `prunelab_resolution` (an
+input side length a method chose, e.g. DWR's resolution pruning) travel in
+its metadata.
 Loading rebuilds the dense model, resizes every layer to the saved tensor
 shapes and loads the weights; it needs nothing but the file, and reads it with
 `torch.load(weights_only=True)`, so a file cannot run code, after checking the
@@ -41,6 +44,9 @@ def save(
     input_size = getattr(model, "prunelab_input_size", None)
     if input_size is not None:
         meta.setdefault("input_size", list(input_size))
+    resolution = getattr(model, "prunelab_resolution", None)
+    if resolution is not None:  # chosen by a method: every input is resized to it
+        meta.setdefault("resolution", int(resolution))
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": meta}
     if arch is not None:
         payload["kind"] = "recipe"
@@ -95,6 +101,8 @@ def load(
     model.prunelab_meta = meta
     if "input_size" in meta:
         model.prunelab_input_size = tuple(meta["input_size"])
+    if meta.get("resolution") is not None:
+        model.prunelab_resolution = int(meta["resolution"])
     return model.to(map_location).eval()
 
 
