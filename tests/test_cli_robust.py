@@ -226,3 +226,13 @@ def test_a_trace_error_names_the_module_and_what_to_do() -> None:
         trace(net, torch.randn(1, 3, 8, 8))
     message = str(info.value)
     assert "\n" not in message and "'1 (Branchy)'" in message and "leaves=" in message
+
+
+def test_a_folder_the_process_may_not_write_is_refused_early(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, no_data: None
+) -> None:
+    """As root every folder is writable, so ask the same question with access() refusing."""
+    monkeypatch.setattr(cli_setup.os, "access", lambda path, mode: False)
+    assert main(["train", *SYNTH, "--run-dir", str(tmp_path / "run")]) == 2
+    _one_line_error(capsys, f"{tmp_path} is not writable", "--run-dir")
+    assert not (tmp_path / "run").exists()

@@ -21,6 +21,7 @@ A configuration is a nested dict with these top-level keys:
 from __future__ import annotations
 
 import copy
+import math
 import types
 import typing
 from pathlib import Path
@@ -195,14 +196,18 @@ def typed(values: dict[str, Any], hints: dict[str, Any], where: str) -> dict[str
     out = dict(values)
     for key, value in values.items():
         hint = hints.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}.{key}={value!r} must be a finite number")
         if hint is None or _fits(value, hint):
             continue
         if isinstance(value, str) and _fits(0.5, hint):
             try:
-                out[key] = float(value)
-                continue
+                number = float(value)
             except ValueError:
-                pass
+                number = math.nan
+            if math.isfinite(number):
+                out[key] = number
+                continue
         raise ConfigError(f"{where}.{key}={value!r} must be {_describe(hint)}")
     return out
 

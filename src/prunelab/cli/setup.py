@@ -165,6 +165,10 @@ def apply_resolution(
     the data's size, with a notice when the two differ, and records that size.
     """
     config = config if config is not None else {}
+    size = getattr(model, "prunelab_input_size", None)
+    if size is not None and size[0] != data.input_size[0]:
+        raise ConfigError(f"the model takes {size[0]}-channel images but data {data.name!r} has "
+                          f"{data.input_size[0]} channel(s)")  # fmt: skip
     chosen = getattr(model, "prunelab_resolution", None)
     if chosen is not None:
         asked = (config.get("data") or {}).get("resolution")
@@ -175,7 +179,6 @@ def apply_resolution(
             )
         data.set_resolution(int(chosen))
         return
-    size = getattr(model, "prunelab_input_size", None)
     actual = tuple(data.effective_input_size)
     if size is not None and tuple(size) != actual:
         side = size[1]
