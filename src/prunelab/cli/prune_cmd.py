@@ -50,10 +50,11 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     metric = str(config.get("metric", "flops"))
     if metric not in ("flops", "params"):
         raise ConfigError(f"metric must be 'flops' or 'params', got {metric!r}")
-    train = TrainConfig.from_dict(
-        {"quiet": bool(config.get("quiet")), **(config.get("train") or {})}
-    )
     out = run_dir(config, "prune")
+    # run_dir lets `train.resume` validate; each training of the method gets its own subfolder
+    train = TrainConfig.from_dict(
+        {"quiet": bool(config.get("quiet")), **(config.get("train") or {}), "run_dir": str(out)}
+    )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump(config))
 
@@ -75,6 +76,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     task = PruneTask(
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
+        teacher=dense if dense_top1 is not None else None,
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
@@ -107,6 +109,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         "rows": [r.to_dict() for r in rows],
         "info": _plain(result.info),
         "seconds": time.perf_counter() - start,
+        "training_epochs": method.training_epochs(train),
         "model_file": "model.pt",
         "config": config,
     }
