@@ -33,7 +33,7 @@ def _config(tmp_path: Path, **changes) -> Path:
             "train": {"epochs": 2, "steps_per_epoch": 2, "lr": 0.05, "channels_last": "off",
                       "threads": 1},
             "latency": {"batch": 2, "threads": 1, "repeats": 2},
-        },  # fmt: skip
+        },
         "arms": {
             "uniform": {"method": {"name": "uniform", "criterion": "l1", "round_to": 1}},
             "global": {"method": {"name": "global", "criterion": "l1", "round_to": 1}},
