@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from prunelab import io, models
-from prunelab.cli.setup import apply_resolution, checkpoint_path, make_data
+from prunelab.cli.config import check_config
+from prunelab.cli.setup import apply_resolution, check_writable, checkpoint_path, make_data
 from prunelab.methods import list_methods
 from prunelab.methods.finetune import accuracy
 from prunelab.metrics import count
@@ -17,9 +18,10 @@ from prunelab.report import compare_runs, format_table, measure
 
 def run_eval(model_path: str, config: dict) -> dict[str, float]:
     """Top-1, FLOPs and params of a saved model on a data set's test split."""
+    check_config(config)
     model = io.load(checkpoint_path(model_path))
     data = make_data(config)
-    apply_resolution(model, data)
+    apply_resolution(model, data, config)
     top1 = accuracy(model, data.test)
     cost = count(model, torch.zeros(1, *data.effective_input_size))
     res = data.effective_input_size
@@ -40,6 +42,7 @@ def run_bench(model_paths: list[str], batch: int, threads: int, repeats: int) ->
 
 
 def run_report(runs: list[str], out: str) -> None:
+    check_writable(Path(out), "--out")
     table, image = compare_runs(runs, Path(out))
     print(table)
     print(f"\nwritten: {Path(out) / 'report.md'}, {image}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prunelab.cli.config import DEMO, TRAIN_DEFAULTS, build_config
@@ -10,7 +11,7 @@ from prunelab.errors import ConfigError, PrunelabError
 
 EPILOG = """examples:
   prunelab prune                                   # the offline demo (ResNet-20, CIFAR-10 JPEG)
-  prunelab prune configs/random_cifar.yaml target=0.4 train.epochs=10
+  prunelab prune configs/random_resnet20_cifar10.yaml target=0.4 train.epochs=10
   prunelab train model=resnet56 train.epochs=30
   torchrun --nproc_per_node 2 -m prunelab train model=resnet20
   prunelab eval runs/prune-*/model.pt data.name=cifar10_jpg
@@ -78,11 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except PrunelabError as exc:
-        print(f"prunelab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except BrokenPipeError:  # `prunelab models | head`: the reader left, as with SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        return _fail(args.command, f"{exc.filename}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print(f"prunelab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, message: str) -> int:
+    """One line on stderr (multi-line messages, e.g. from torch.fx, are joined) and exit 2."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"prunelab {command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -106,9 +120,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             from prunelab.cli.train_cmd import run_train
 
             if args.resume:
-                config.setdefault("train", {})["resume"] = True
                 if not config.get("run_dir"):
                     raise ConfigError("--resume needs --run-dir (the folder of the run)")
+                config["train"] = {**(config.get("train") or {}), "resume": True}
             run_train(config)
     elif args.command == "eval":
         _, overrides = _split(args.settings)

@@ -12,17 +12,21 @@ import torch
 
 from prunelab import io
 from prunelab.atomic import atomic_write_text
-from prunelab.cli.config import dump
+from prunelab.cli.config import LATENCY, dump
 from prunelab.cli.setup import (
     apply_resolution,
+    check_inputs,
+    check_writable,
     checkpoint_path,
     make_data,
+    make_method,
     make_model,
     run_dir,
     say,
+    train_config,
 )
 from prunelab.errors import ConfigError
-from prunelab.methods import PruneTask, get_method
+from prunelab.methods import PruneTask
 from prunelab.methods.finetune import accuracy
 from prunelab.report import (
     SUMMARY_NAME,
@@ -32,7 +36,7 @@ from prunelab.report import (
     plots,
     write_run_report,
 )
-from prunelab.train import MetricsLog, TrainConfig
+from prunelab.train import MetricsLog, seed_everything
 
 
 def run_prune(config: dict[str, Any]) -> dict[str, Any]:
@@ -41,23 +45,16 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("average"):
         raise ConfigError("average (weight averaging) applies to `prunelab train`, not to prune; "
                           "a method's fine-tuning keeps its last weights")
-    method_cfg = dict(config.get("method") or {})
-    name = method_cfg.pop("name", None)
-    if not name:
-        raise ConfigError("config method.name is missing (see `prunelab methods`)")
-    method = get_method(name)(**method_cfg)
+    check_inputs(config)
+    name, method = make_method(config)
     target = float(config.get("target", 0.5))
     metric = str(config.get("metric", "flops"))
-    if metric not in ("flops", "params"):
-        raise ConfigError(f"metric must be 'flops' or 'params', got {metric!r}")
     out = run_dir(config, "prune")
+    check_writable(out)
     # run_dir lets `train.resume` validate; each training of the method gets its own subfolder
-    train = TrainConfig.from_dict(
-        {"quiet": bool(config.get("quiet")), **(config.get("train") or {}), "run_dir": str(out)}
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump(config))
+    train = train_config(config, {"quiet": bool(config.get("quiet"))}, {"run_dir": str(out)})
 
+    seed_everything(int(config.get("seed", 0)))  # before anything random: the model's init
     say(config, f"data {config['data'].get('name')}")
     data = make_data(config)
     dense = make_model(config, data).eval()
@@ -67,6 +64,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if not config.get("checkpoint") and config.get("reference"):
         # Training from scratch: compare with a trained dense model of the same architecture.
         dense = io.load(checkpoint_path(str(config["reference"]))).eval()
+    out.mkdir(parents=True, exist_ok=True)  # the run starts: everything it needs was found
+    atomic_write_text(out / "config.yaml", dump(config))
     dense_input = torch.zeros(1, *data.effective_input_size)
     dense_top1 = None
     if config.get("checkpoint") or config.get("reference"):
@@ -80,12 +79,12 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
-    apply_resolution(pruned, data)
+    apply_resolution(pruned, data, config)
     pruned_input = torch.zeros(1, *data.effective_input_size)
     say(config, "evaluating the pruned model")
     pruned_top1 = accuracy(pruned, data.test)
 
-    lat = {"batch": 8, "threads": 2, "repeats": 20, **(config.get("latency") or {})}
+    lat = {**LATENCY, **(config.get("latency") or {})}
     say(config, f"timing both models (batch {lat['batch']}, {lat['threads']} threads)")
     rows = measure(
         {"dense": dense, "pruned": pruned},

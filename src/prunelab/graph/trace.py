@@ -44,6 +44,14 @@ class _Tracer(fx.Tracer):
             return True
         return super().is_leaf_module(m, qualname)
 
+    def call_module(self, m: nn.Module, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if not hasattr(self, "failed_in"):  # the innermost module: where tracing stopped
+                self.failed_in = f"{self.path_of_module(m)} ({type(m).__name__})"
+            raise
+
 
 def _propagate_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[torch.Tensor, ...]) -> None:
     """Run the traced graph on the model's own modules and note each tensor's shape.
@@ -116,11 +124,17 @@ def trace(
     if was_training:  # switching modes walks every module: only when needed
         model.eval()
     try:
+        tracer = _Tracer(leaves)
         try:
-            graph = _Tracer(leaves).trace(model)
+            graph = tracer.trace(model)
         except Exception as exc:  # fx raises many kinds; turn all into one clear error
+            where = getattr(tracer, "failed_in", type(model).__name__)
+            first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
             raise UnsupportedModelError(
-                "python control flow", type(model).__name__, f"torch.fx cannot trace it: {exc}"
+                "python control flow", where,
+                f"torch.fx cannot trace it ({first or type(exc).__name__}); rewrite that forward "
+                "without Python control flow on tensors, or pass its class in leaves= if "
+                "prunelab has a rule for it",
             ) from exc
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         try:

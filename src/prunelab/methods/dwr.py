@@ -21,7 +21,8 @@ Depth d is the kept fraction of the removable blocks (residual blocks whose
 shortcut is the identity, `prunelab.graph.blocks`); width w the kept fraction
 of channels over the prunable groups; resolution r the input side length
 over the original one. The pruned model records its input size in
-`model.prunelab_input_size`, which `prunelab.save` keeps and the command line
+`model.prunelab_input_size` and the chosen side length in
+`model.prunelab_resolution`, which `prunelab.save` keeps and the command line
 applies to evaluation.
 
 With one dimension in `dims` there is nothing to learn: the method prunes
@@ -580,6 +581,7 @@ class DWR(Method):
                 f"{achieved:.3f} of baseline FLOPs")  # fmt: skip
         model, history, final = col.finetune(model, pixels, final_epochs, "finetune")
         model.prunelab_input_size = (col.channels, pixels, pixels)
+        model.prunelab_resolution = pixels  # chosen here: the command line resizes inputs to it
         d, w, r, kept = col.shape_of(model, pixels)
         params = sum(p.numel() for p in model.parameters())
         info.update({
