@@ -1,4 +1,4 @@
-"""The `prunelab` command line: train | prune | eval | bench | report | models | methods."""
+"""The `prunelab` command line: train, prune, compare, eval, bench, report, models, methods."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ EPILOG = """examples:
   prunelab train model=resnet56 train.epochs=30
   torchrun --nproc_per_node 2 -m prunelab train model=resnet20
   prunelab eval runs/prune-*/model.pt data.name=cifar10_jpg
+  prunelab compare configs/compare/posttrain_resnet20_cifar10.yaml --arms uniform-l1-r8
   prunelab report runs/prune-a runs/prune-b
 FLOPs are multiply-accumulates (MACs), as in the pruning papers."""
 
@@ -43,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=20)
+    c = sub.add_parser("compare", help="run arms at one budget and write a leaderboard")
+    c.add_argument("config", help="a compare configuration (configs/compare/*.yaml)")
+    c.add_argument("settings", nargs="*", help="key=value overrides, e.g. base.train.threads=1")
+    c.add_argument("--arms", help="comma-separated arms to run (default: all)")
+    c.add_argument("--seeds", help="comma-separated seeds, replacing the config's")
+    c.add_argument("--run-dir", help="the compare folder (default runs/compare-<name>)")
+    c.add_argument("--report-only", action="store_true",
+                   help="run nothing; rewrite the leaderboard from the finished arms")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
     r = sub.add_parser("report", help="compare run folders in one table and plot")
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default="runs/report")
@@ -120,10 +130,38 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.run_eval(args.model, config)
     elif args.command == "bench":
         commands.run_bench(args.models, args.batch, args.threads, args.repeats)
+    elif args.command == "compare":
+        return _compare(args)
     elif args.command == "report":
         commands.run_report(args.runs, args.out)
     elif args.command == "models":
         commands.run_models()
     elif args.command == "methods":
         commands.run_methods()
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from prunelab.cli.compare_cmd import run_compare
+
+    def listed(text: str | None, what: str) -> list[str] | None:
+        if text is None:
+            return None
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise ConfigError(f"--{what} needs a comma-separated list")
+        return items
+
+    seeds = listed(args.seeds, "seeds")
+    try:
+        seed_values = None if seeds is None else [int(s) for s in seeds]
+    except ValueError:
+        raise ConfigError(f"--seeds must be whole numbers, got {args.seeds!r}") from None
+    _, off = run_compare(args.config, args.settings, listed(args.arms, "arms"), seed_values,
+                         quiet=args.quiet, run_dir=args.run_dir,
+                         report_only=args.report_only)  # fmt: skip
+    if off:
+        print(f"prunelab compare: error: arm(s) {', '.join(off)} missed the cost target by more "
+              "than the budget tolerance (see leaderboard.md)", file=sys.stderr)
+        return 2
     return 0

@@ -47,11 +47,12 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
                           "a method's fine-tuning keeps its last weights")
     check_inputs(config)
     name, method = make_method(config)
-    train = train_config(config, {"quiet": bool(config.get("quiet"))})
     target = float(config.get("target", 0.5))
     metric = str(config.get("metric", "flops"))
     out = run_dir(config, "prune")
     check_writable(out)
+    # run_dir lets `train.resume` validate; each training of the method gets its own subfolder
+    train = train_config(config, {"quiet": bool(config.get("quiet"))}, {"run_dir": str(out)})
 
     seed_everything(int(config.get("seed", 0)))  # before anything random: the model's init
     say(config, f"data {config['data'].get('name')}")
@@ -74,6 +75,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     task = PruneTask(
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
+        teacher=dense if dense_top1 is not None else None,
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
@@ -106,6 +108,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         "rows": [r.to_dict() for r in rows],
         "info": _plain(result.info),
         "seconds": time.perf_counter() - start,
+        "training_epochs": method.training_epochs(train),
         "model_file": "model.pt",
         "config": config,
     }

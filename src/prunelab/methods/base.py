@@ -42,6 +42,8 @@ class PruneTask:
     run_dir: Path | None = None
     seed: int = 0
     quiet: bool = False
+    # The trained dense model (None when there is none): the `train.distill` teacher "dense".
+    teacher: nn.Module | None = None
 
     @property
     def example_input(self) -> torch.Tensor:
@@ -87,6 +89,14 @@ class Method:
 
     def run(self, task: PruneTask) -> PruneResult:
         raise NotImplementedError
+
+    def training_epochs(self, train: TrainConfig) -> float:
+        """Epochs of training the method spends on its answer (fine-tuning or training).
+
+        Search work that only chooses the architecture (candidate scoring, data
+        collection) is not counted here; `prunelab compare` reports it separately.
+        """
+        return float(train.epochs)
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -68,6 +68,7 @@ from prunelab.methods.dwr_model import (
 from prunelab.methods.dwr_probe import dbp_importance
 from prunelab.methods.finetune import fit
 from prunelab.metrics import count
+from prunelab.train import TrainConfig
 from prunelab.train import distributed as D
 
 __all__ = ["DWR", "Collector", "Point"]
@@ -533,6 +534,11 @@ class DWR(Method):
             return fit_full(x, y, o.degree, ridge=max(o.ridge, 1e-4))
         return fit_separable(x, y, o.degree, o.rank, ridge=o.ridge, seed=0)
 
+    def training_epochs(self, train: TrainConfig) -> float:
+        """The final fine-tune; the collection rounds are search (reported on their own)."""
+        o = self.options
+        return float(train.epochs if o.final_epochs is None else o.final_epochs)
+
     def run(self, task: PruneTask) -> PruneResult:
         o = self.options
         dims = self._check(task)
@@ -586,6 +592,7 @@ class DWR(Method):
             "within_tolerance": within,
             "finetune": final,
             "final_epochs": final_epochs,
+            "search_seconds": info.get("collection", {}).get("seconds", 0.0),
             "seconds": time.perf_counter() - t0,
             **details,
         })  # fmt: skip

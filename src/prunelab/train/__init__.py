@@ -3,7 +3,8 @@
 Modules: config (TrainConfig, presets), optim (parameter groups, per-step lr
 schedule), callbacks (the hooks methods implement), checkpoint (atomic save,
 safe load, random states), distributed (torchrun/DDP helpers), progress
-(stderr lines and metrics.jsonl), averaging (EMA / SWA weight averages),
+(stderr lines and metrics.jsonl), averaging (EMA / SWA weight averages), distill
+(knowledge distillation from a teacher),
 loop (Trainer).
 """
 
@@ -18,6 +19,7 @@ from prunelab.train.checkpoint import (
     set_rng_state,
 )
 from prunelab.train.config import PRESETS, TrainConfig
+from prunelab.train.distill import Distillation
 from prunelab.train.distributed import DistContext, init_distributed
 from prunelab.train.loop import Trainer, resolve_amp, resolve_device
 from prunelab.train.optim import LRSchedule, build_optimizer, param_groups
@@ -29,6 +31,7 @@ __all__ = [
     "PRESETS",
     "Callback",
     "DistContext",
+    "Distillation",
     "LRSchedule",
     "MetricsLog",
     "Progress",
