@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from prunelab.cli import main
+from prunelab.cli.compare_cmd import expand_arms, load_compare
 from prunelab.cli.config import build_config
 from prunelab.cli.main import EPILOG
 from prunelab.cli.setup import check_inputs, make_method, train_config
@@ -30,6 +31,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+COMPARE_SHORT = [
+    "budget_epochs=1", "kd=none", "base.train.epochs=1", "base.train.steps_per_epoch=2",
+    "base.train.threads=1", "base.latency.repeats=2", "base.latency.threads=1",
+    *[f"base.{s}" for s in SYNTH if s.startswith("data.")],
+]  # fmt: skip
+COMPARE_CONFIGS = sorted((REPO / "configs" / "compare").glob("*.yaml"))
 # Per method, the options that shrink its search to a few steps (the recipe's stay otherwise).
 TINY = {
     "random": ["method.candidates=2", "method.bn_batches=1", "data.holdout=32"],
@@ -92,7 +99,11 @@ def _runnable(command: str, made: dict[str, Path], tmp: Path) -> list[str]:
         elif word.startswith("configs/"):
             args[i] = str(REPO / word)
     command_name = args[0]
-    if command_name in ("prune", "train"):
+    if command_name == "compare":  # one arm of the league: the rest is the same loop
+        if "--arms" not in args:
+            args += ["--arms", str(load_compare(args[1], [])["baseline"])]
+        args += [*COMPARE_SHORT, "--quiet", "--run-dir", str(tmp / "compare")]
+    elif command_name in ("prune", "train"):
         files = [a for a in args[1:] if a.endswith(".yaml")]
         method = build_config({}, files, [])["method"]["name"] if files else None
         args += [*SYNTH, *TINY.get(method, []), "--quiet"]
@@ -131,3 +142,14 @@ def test_every_shipped_config_loads_and_validates(path: Path) -> None:
         make_method(config)
     train = train_config(config, {})
     make_average(config, train.epochs)
+
+
+@pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=[p.name for p in COMPARE_CONFIGS])
+def test_every_shipped_compare_config_loads_and_validates(path: Path) -> None:
+    """Each arm of a league is a prune configuration that passes the same checks."""
+    arms = expand_arms(load_compare(str(path), []))
+    assert arms
+    for arm in arms:
+        check_inputs(arm.config)
+        make_method(arm.config)
+        train_config(arm.config, {})
