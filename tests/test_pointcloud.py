@@ -274,3 +274,36 @@ def test_deepcopy_keeps_fx_leaves_working():
     model = tiny_pointnet().eval()
     x = _points()
     assert torch.equal(copy.deepcopy(model)(x), model(x))
+
+
+# ---------------------------------------------------------------- command line
+@pytest.mark.slow
+def test_cli_trains_prunes_and_evaluates_pointnet2_with_the_task_metric(tmp_path: Path, capsys):
+    import json
+
+    from prunelab.cli import main
+
+    write_pcd_tree(tmp_path / "tree", per_class=8, n=64)
+    common = [f"data.root={tmp_path / 'tree'}", "data.name=pointfolder", "data.num_points=64",
+              "data.batch_size=8", "data.holdout=0", "model_args.width=0.125",
+              "model_args.npoints=[16,8]", "model_args.nsamples=[8,8]",
+              "model_args.radii=[0.4,0.8]", "train.epochs=1", "train.steps_per_epoch=2",
+              "train.threads=1", "latency.repeats=2",
+              "latency.threads=1", "latency.batch=2"]
+    assert main(["train", "model=pointnet2_ssg", *common, "--quiet",
+                 "--run-dir", str(tmp_path / "train")]) == 0
+    trained = tmp_path / "train" / "model.pt"
+    assert main(["prune", f"checkpoint={trained}", "method=uniform", "target=0.5", *common,
+                 "--run-dir", str(tmp_path / "uniform")]) == 0
+    assert "| overall accuracy (%) |" in capsys.readouterr().out
+    chex = ["prune", "model=pointnet2_ssg", "checkpoint=null", "method=chex", "target=0.5",
+            *common, "train.epochs=2", "--quiet", "--run-dir", str(tmp_path / "chex")]
+    assert main(chex) == 0
+    for run in ("uniform", "chex"):
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
+        dense, pruned = summary["rows"]
+        assert summary["task_metric"] == "overall_acc" and pruned["top1"] is not None
+        assert abs(pruned["flops"] / dense["flops"] - 0.5) < 0.06, run
+    assert main(["eval", str(tmp_path / "chex" / "model.pt"), *common[:4]]) == 0
+    out = capsys.readouterr().out
+    assert "overall accuracy" in out and "mean class accuracy" in out

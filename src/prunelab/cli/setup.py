@@ -55,7 +55,8 @@ def make_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     else:
         if not config.get("model"):
             raise ConfigError("config model is missing (e.g. model=resnet20)")
-        model = models.create(config["model"], num_classes=data.num_classes)
+        model = models.create(config["model"], num_classes=data.num_classes,
+                              **(config.get("model_args") or {}))
     classes = _num_outputs(model)
     if classes is not None and classes != data.num_classes:
         raise ConfigError(
@@ -68,7 +69,9 @@ def make_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
 def apply_resolution(model: nn.Module, data: DataBundle) -> None:
     """Feed the model the input resolution it records (a resolution-pruned model)."""
     size = getattr(model, "prunelab_input_size", None)
-    if size is not None and tuple(size[1:]) != tuple(data.effective_input_size[1:]):
+    if size is None or len(size) != 3:  # not an image model: nothing to resize
+        return
+    if tuple(size[1:]) != tuple(data.effective_input_size[1:]):
         if size[1] != size[2]:
             raise ConfigError(f"non-square recorded input size {tuple(size)}")
         if tuple(size[1:]) == tuple(data.input_size[1:]):

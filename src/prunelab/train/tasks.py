@@ -184,6 +184,15 @@ class PointCloudClassification(Task):
         return ClassAccuracy(device, self.num_classes)
 
 
+_LABELS = {"top1": "top-1", "top5": "top-5", "overall_acc": "overall accuracy",
+           "mean_class_acc": "mean class accuracy"}
+
+
+def metric_label(name: str) -> str:
+    """How tables and command output name a metric ("top1" -> "top-1")."""
+    return _LABELS.get(name, name)
+
+
 _TASKS: dict[str, type[Task]] = {
     Task.name: Task,
     PointCloudClassification.name: PointCloudClassification,
