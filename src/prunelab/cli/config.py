@@ -33,7 +33,7 @@ from prunelab.errors import ConfigError
 
 TOP_LEVEL = {
     "model", "checkpoint", "reference", "data", "method", "target", "metric", "train", "latency",
-    "seed", "run_dir", "quiet", "name", "average",
+    "seed", "run_dir", "quiet", "name", "average", "model_args",
 }  # fmt: skip
 
 LATENCY = {"batch": 8, "threads": 2, "repeats": 20}  # `latency:` options and their defaults
@@ -135,7 +135,7 @@ def build_config(
     unknown = sorted(set(config) - TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
-    for section in ("data", "train", "latency", "average"):
+    for section in ("data", "train", "latency", "average", "model_args"):
         if not isinstance(config.get(section) or {}, dict):
             raise ConfigError(f"config {section!r} must be a mapping")
     return config

@@ -27,7 +27,7 @@ from prunelab.cli.setup import (
 )
 from prunelab.errors import ConfigError
 from prunelab.methods import PruneTask
-from prunelab.methods.finetune import accuracy
+from prunelab.methods.finetune import headline
 from prunelab.report import (
     SUMMARY_NAME,
     format_table,
@@ -37,6 +37,7 @@ from prunelab.report import (
     write_run_report,
 )
 from prunelab.train import MetricsLog, seed_everything
+from prunelab.train.tasks import metric_label
 
 
 def run_prune(config: dict[str, Any]) -> dict[str, Any]:
@@ -70,7 +71,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     dense_top1 = None
     if config.get("checkpoint") or config.get("reference"):
         say(config, "evaluating the dense model")
-        dense_top1 = accuracy(dense, data.test)
+        dense_top1 = headline(dense, data)[1]
     say(config, f"pruning with {name} to {target:.0%} of the baseline {metric} -> {out}")
     task = PruneTask(
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
@@ -82,7 +83,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     apply_resolution(pruned, data, config)
     pruned_input = torch.zeros(1, *data.effective_input_size)
     say(config, "evaluating the pruned model")
-    pruned_top1 = accuracy(pruned, data.test)
+    metric_name, pruned_top1 = headline(pruned, data)
 
     lat = {**LATENCY, **(config.get("latency") or {})}
     say(config, f"timing both models (batch {lat['batch']}, {lat['threads']} threads)")
@@ -92,7 +93,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         {"dense": dense_top1, "pruned": pruned_top1},
         batch=int(lat["batch"]), threads=int(lat["threads"]), repeats=int(lat["repeats"]),
     )  # fmt: skip
-    table = format_table(rows, int(lat["batch"]), int(lat["threads"]))
+    table = format_table(rows, int(lat["batch"]), int(lat["threads"]), metric_label(metric_name))
     io.save(
         pruned,
         out / "model.pt",
@@ -105,6 +106,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         "method": name,
         "target": target,
         "metric": metric,
+        "task_metric": metric_name,
         "rows": [r.to_dict() for r in rows],
         "info": _plain(result.info),
         "seconds": time.perf_counter() - start,

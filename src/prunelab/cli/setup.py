@@ -140,7 +140,8 @@ def make_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     else:
         if not config.get("model"):
             raise ConfigError("config model is missing (e.g. model=resnet20)")
-        model = models.create(config["model"], num_classes=data.num_classes)
+        model = models.create(config["model"], num_classes=data.num_classes,
+                              **(config.get("model_args") or {}))
         what = f"{config['model']}'s zoo default is"
     classes = _num_outputs(model)
     if classes is not None and classes != data.num_classes:
@@ -166,6 +167,8 @@ def apply_resolution(
     """
     config = config if config is not None else {}
     size = getattr(model, "prunelab_input_size", None)
+    if size is not None and len(size) != 3:  # not an image model: nothing to resize
+        return
     if size is not None and size[0] != data.input_size[0]:
         raise ConfigError(f"the model takes {size[0]}-channel images but data {data.name!r} has "
                           f"{data.input_size[0]} channel(s)")  # fmt: skip

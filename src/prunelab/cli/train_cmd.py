@@ -27,6 +27,7 @@ from prunelab.metrics import count
 from prunelab.report import SUMMARY_NAME, ModelStats, format_table, plots, write_run_report
 from prunelab.train import CHECKPOINT_NAME, Trainer, WeightAveraging, seed_everything
 from prunelab.train import distributed as D
+from prunelab.train.tasks import metric_label
 
 
 def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
@@ -51,7 +52,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     trainer = Trainer(model, data, train, [average] if average else [])
     try:
         final = trainer.fit()
-        label, top1, info = "trained", final.get("top1"), {"final": final}
+        label, top1, info = "trained", final.get(trainer.task.headline), {"final": final}
         if average is not None:  # the saved model is the average; the last step's is reported
             average.apply_to(trainer.model)
             label, top1 = f"trained ({average.name})", average.final_top1(trainer)
@@ -67,7 +68,8 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     if average is not None:
         say(
             config,
-            f"weights of the last step: top-1 {final.get('top1'):.2f}%; "
+            f"weights of the last step: {trainer.task.headline} "
+            f"{final.get(trainer.task.headline):.2f}%; "
             f"saving their average {average.name}: {top1:.2f}%",
         )
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
@@ -87,7 +89,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     if curve is not None:
         images.append(curve)
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1, default=str))
-    table = format_table([row], 1, torch.get_num_threads())
+    table = format_table([row], 1, torch.get_num_threads(), metric_label(trainer.task.headline))
     write_run_report(out, summary, table, images)
     if not config.get("quiet"):
         print(table)

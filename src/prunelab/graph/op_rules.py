@@ -24,6 +24,8 @@ from prunelab.graph.op_tables import (
     _BINARY_METHODS,
     _CAT_FUNCTIONS,
     _CHANNEL_MIXING_NORMS,
+    _GATHER_FUNCTIONS,
+    _INDEX_FUNCTIONS,
     _PASS_FUNCTIONS,
     _PASS_METHODS,
     _PASS_MODULES,
@@ -221,6 +223,13 @@ class OpRules:
             return  # shape queries
         elif t in (F.normalize, F.group_norm, F.layer_norm, F.local_response_norm):
             self.opaque(node, f"{getattr(t, '__name__', t)} mixes channels")
+        elif t in _INDEX_FUNCTIONS:
+            return  # indices: no channel axis, nothing to track
+        elif t in _GATHER_FUNCTIONS:
+            x = self.tracked(node.args[0])
+            if x is None or x.axis != 1:
+                raise self.unsupported(node, "gathers from a tensor without channels at dim 1")
+            self.passthrough(node, x)
         elif t in _PASS_FUNCTIONS:
             if inputs:
                 self.passthrough(node, inputs[0])

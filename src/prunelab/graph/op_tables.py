@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from prunelab.layers import point_ops
+
 # fmt: off
 
 _PASS_MODULES: tuple[type, ...] = (
@@ -59,6 +61,11 @@ _SPLIT_FUNCTIONS: set = {torch.split, torch.chunk, torch.tensor_split, torch.unb
 _SPLIT_METHODS: set[str] = {"split", "chunk", "tensor_split", "unbind"}
 
 _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
+
+# Point-cloud sampling/grouping (PointNet++): index ops return indices, which carry
+# no channels; gather ops pick columns of their first argument and keep its channels.
+_INDEX_FUNCTIONS: set = {point_ops.farthest_point_sample, point_ops.ball_query}
+_GATHER_FUNCTIONS: set = {point_ops.gather_points, point_ops.group_points}
 # fmt: on
 
 try:  # torchvision's stochastic depth is a pass-through on a channel's values

@@ -10,10 +10,11 @@ import torch
 import torch.nn as nn
 
 from prunelab import io
+from prunelab.data import DataBundle
 from prunelab.errors import ConfigError
 from prunelab.layers import BatchWhitening2d
 from prunelab.methods.base import PruneTask
-from prunelab.train import Callback, Distillation, TrainConfig, Trainer
+from prunelab.train import Callback, Distillation, TrainConfig, Trainer, evaluate_model, task_for
 from prunelab.train.distill import DENSE_TEACHER
 
 
@@ -95,6 +96,12 @@ def recalibrate_bn(
     for m, mom in zip(norms, saved, strict=True):
         m.momentum = mom
     return model.eval()
+
+
+def headline(model: nn.Module, data: DataBundle) -> tuple[str, float]:
+    """(name, value) of the data task's headline test metric (classification: top1 in %)."""
+    task = task_for(data)
+    return task.headline, evaluate_model(model, data.test, task)[task.headline]
 
 
 @torch.no_grad()
