@@ -147,10 +147,12 @@ def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> Non
         shared = masks["layer1.0.bn2"]
         off = shared == 0
         assert off.any() and (~off).any()
-        if mode == "eval":  # the paper's rule: the first two layers' masks multiplied
+        if mode == "eval":  # the paper's rule: stage 1 reuses the stem's (previous) mask
             probs = gates.probabilities()
-            lead = (probs["bn1"] > 0.5) & (probs["layer1.0.bn2"] > 0.5)
-            assert torch.equal(shared.bool(), lead)
+            assert torch.equal(shared.bool(), probs["bn1"] > 0.5)
+            # a stage started by a projection: downsample x its block's last layer
+            lead = (probs["layer2.0.downsample.1"] > 0.5) & (probs["layer2.0.bn2"] > 0.5)
+            assert torch.equal(masks["layer2.1.bn2"].bool(), lead)
         for name in ("bn1", "layer1.0", "layer1.1", "layer1.2"):
             assert float(outputs[name][:, off].abs().max()) == 0.0  # the stream is zero there
     for h in hooks:
@@ -165,7 +167,9 @@ def test_later_blocks_reuse_the_stage_mask_unless_all_layers_share() -> None:
     with torch.no_grad():
         follower.module.bias.fill_(-50.0)  # its own P -> 0: the stage mask does not care
     assert all(torch.equal(before[g], m) for g, m in gates.hard_unit_masks().items())
-    _model, every = _bwcp_model(shared_sources=0)
+    _model, first_two = _bwcp_model(stage_mask="sources", shared_sources=2)
+    assert {la.name for la in first_two.layers if la.leads} >= {"bn1", "layer1.0.bn2"}
+    _model, every = _bwcp_model(stage_mask="sources", shared_sources=0)
     assert all(layer.leads for layer in every.layers)
     with torch.no_grad():
         next(la for la in every.layers if la.name == "layer1.2.bn2").module.bias.fill_(-50.0)

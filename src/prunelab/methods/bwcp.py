@@ -14,12 +14,15 @@ Trains and prunes from scratch in one pass:
 5. channels added by a residual connection share one mask: the engine
    ties a residual stage into one channel group, and every layer of the
    group is multiplied by the same mask, so the added channels stay aligned
-   and can be removed together. The mask is the product of the masks of
-   the group's first two layers in execution order (the paper's rule: a
-   downsample shortcut and its block's last layer multiply their masks,
-   blocks behind identity shortcuts reuse it); `shared_sources=0` multiplies
-   all of them (a channel survives only if every layer of the stage keeps
-   it, which starts a deep stage almost fully masked);
+   and can be removed together. The mask is the paper's (`stage_mask="paper"`):
+   the mask of the layer that starts the stream (the previous layer's mask,
+   which blocks behind identity shortcuts reuse: the stem's for a first stage
+   without a downsample), multiplied by the mask of the layer added to it at
+   the same residual add when a projection shortcut starts the stream (the
+   downsample and its block's last layer). `stage_mask="sources"` multiplies
+   the first `shared_sources` layers in execution order instead (2: the
+   previous rounds' rule, stem x layer1.0.bn2 in a first stage; 0: all of them,
+   a channel survives only if every layer of the stage keeps it);
 6. the result is folded and exported (`bwcp_export`): a plain conv model.
 
 Choices the paper leaves open: whitened layers start at γ = 1/√g (with
@@ -65,7 +68,7 @@ from prunelab.graph import ChannelGraph, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
-from prunelab.methods.bwcp_export import conv_bn_pairs, finish
+from prunelab.methods.bwcp_export import conv_bn_pairs, finish, norms_added_together
 from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
@@ -123,6 +126,8 @@ class ChannelGates:
         sampling: str = "gumbel",
         shortcuts: bool = True,
         shared_sources: int = 2,
+        stage_mask: str = "sources",
+        added: list[set[str]] | None = None,
     ) -> None:
         self.model, self.graph = model, graph
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
@@ -144,11 +149,18 @@ class ChannelGates:
                 if m.module == name and m.role == "norm" and m.param == "weight":
                     mod = model.get_submodule(name)
                     self.layers.append(_Layer(name, mod, group.index, m.positions, m.units))
-        # `names` come in execution order: a group's first `shared_sources` layers lead.
+        # `names` come in execution order. "paper": a group's first layer leads, with the
+        # layers added to it at the same residual add; "sources": its first `shared_sources`.
+        first: dict[int, str] = {}
         seen: dict[int, int] = {}
         for layer in self.layers:
+            head = first.setdefault(layer.group, layer.name)
             seen[layer.group] = seen.get(layer.group, 0) + 1
-            layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
+            if stage_mask == "paper":
+                layer.leads = layer.name == head or any(
+                    {head, layer.name} <= names for names in added or [])
+            else:
+                layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
         self.groups = sorted({layer.group for layer in self.layers})
         self._masks: dict[str, torch.Tensor] = {}
         self._names = {id(layer.module): layer.name for layer in self.layers}
@@ -353,9 +365,10 @@ class BWCPOptions:
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
-    # A residual stage's mask is the product of the masks of its first `shared_sources`
-    # norm layers in execution order (2: the paper's downsample shortcut x first block's
-    # last layer; later blocks reuse it); 0 multiplies all of them.
+    # A residual stage's mask: "paper" (the stream's first layer, times the projection
+    # shortcut's BN added to it), or "sources": the product of the masks of its first
+    # `shared_sources` norm layers in execution order (0: all of them).
+    stage_mask: str = "paper"
     shared_sources: int = 2
     # Start every whitened layer at γ = 1/√group_size: a group's output then starts with
     # unit variance, like batch norm (with γ = 1 it starts at √g and training stalls).
@@ -396,6 +409,8 @@ class BWCPOptions:
             raise ConfigError(
                 f"bwcp init_probability must be in (0, 1), got {self.init_probability}"
             )
+        if self.stage_mask not in ("paper", "sources"):
+            raise ConfigError(f"bwcp stage_mask={self.stage_mask!r}: use 'paper' or 'sources'")
         if self.shared_sources < 0:
             raise ConfigError(f"bwcp shared_sources must be >= 0, got {self.shared_sources}")
         if self.recalibrate_batches < 0:
@@ -531,7 +546,7 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
                 bw.weight.fill_(bw.group_size**-0.5)
     gates = ChannelGates(
         model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts,
-        opts.shared_sources,
+        opts.shared_sources, opts.stage_mask, norms_added_together(model),
     )  # fmt: skip
     gates.pairs = pairs
     if opts.init_probability is not None:
