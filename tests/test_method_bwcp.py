@@ -123,6 +123,23 @@ def test_sparsity_loss_formula() -> None:
     assert float(got.detach()) == pytest.approx(want, rel=1e-5)
 
 
+def test_sparsity_loss_on_every_norm_layer_with_streams_unmasked() -> None:
+    model, gates = _bwcp_model(shortcuts=False)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, BatchWhitening2d))]
+    want = sum(1e-3 * float(m.weight.detach().abs().sum()) + 2e-3 * float(m.bias.detach().sum())
+               for m in norms)  # fmt: skip
+    assert gates.skipped  # the stream BNs are unmasked ...
+    every = float(gates.sparsity_loss(1e-3, 2e-3, every_norm=True).detach())
+    assert every == pytest.approx(want, rel=1e-5)
+    masked_only = float(gates.sparsity_loss(1e-3, 2e-3).detach())
+    assert masked_only != pytest.approx(want, rel=1e-3)  # ... and regularised only with "all"
+    for layers, expected in (("all", want), ("masked", masked_only)):
+        cb = BWCPCallback(gates, BWCPOptions(lambda1=1e-3, lambda2=2e-3, loss_layers=layers),
+                          None, "flops")  # fmt: skip
+        loss = cb.extra_loss(_Clock(0), X, X)  # type: ignore[arg-type]
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
 # ------------------------------------------------------------- mask sharing
 def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> None:
     model, gates = _bwcp_model(sampling="hard_st")
@@ -418,3 +435,19 @@ def test_evaluation_during_training_recalibrates_under_hard_masks() -> None:
     assert seen and all(s == (3, True) for s in seen)
     with pytest.raises(ConfigError):
         get_method("bwcp")(recalibrate_batches=-1).run(_task())
+
+
+def test_sharpen_pushes_probabilities_to_zero_and_one_and_keeps_the_threshold() -> None:
+    from prunelab.methods.bwcp import sharpen
+
+    p = torch.linspace(0, 1, 101)
+    q = sharpen(p, 10.0)
+    assert torch.allclose(q[[0, 50, 100]], torch.tensor([0.0, 0.5, 1.0]), atol=1e-6)
+    assert bool((q[1:] >= q[:-1]).all())  # monotone: 1[P > 1/2] unchanged
+    assert bool((q[60:100] > p[60:100]).all()) and bool((q[1:40] < p[1:40]).all())
+    assert torch.equal(sharpen(p, 0.0), p)
+    _model, gates = _bwcp_model(sharpen=10.0)
+    assert gates.sharpen == 10.0
+    gates.sampling = "expected"
+    probs = gates.probabilities(leading=True)
+    assert torch.allclose(gates._sample()["layer2.0.bn1"], sharpen(probs["layer2.0.bn1"], 10.0))

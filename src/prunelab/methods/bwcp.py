@@ -8,9 +8,11 @@ Trains and prunes from scratch in one pass:
    P = ½(1 + erf((β̂ − δ) / (√2 |γ̂|))), the chance that the channel's
    output passes a ReLU (δ = 0.05);
 3. in training each channel is multiplied by a soft mask sampled from P by
-   binary Gumbel-softmax (temperature 0.5); in evaluation by 1[P > 0.5];
-4. a sparsity loss Σ λ1|γ| + λ2 β over the masked layers pushes channels off
-   (β without absolute value: pushed negative), after `warmup_epochs`;
+   binary Gumbel-softmax (temperature 0.5), P first pushed towards 0/1 by a
+   sigmoid-alike map when `sharpen` > 0; in evaluation by 1[P > 0.5];
+4. a sparsity loss Σ λ1|γ| + λ2 β over all norm layers (`loss_layers`; the
+   unmasked residual streams' too, as the paper regularises every BN) pushes
+   channels off (β without absolute value: pushed negative), after `warmup_epochs`;
 5. channels added by a residual connection share one mask: the engine
    ties a residual stage into one channel group, and every layer of the
    group is multiplied by the same mask, so the added channels stay aligned
@@ -84,6 +86,20 @@ def activation_probability(
     return 0.5 * (1.0 + torch.erf((beta_hat - delta) / denom))
 
 
+def sharpen(p: torch.Tensor, k: float) -> torch.Tensor:
+    """A sigmoid-alike map of [0, 1] onto itself pushing P towards 0 and 1 (k > 0; 0: off).
+
+    σ(k (P − ½)) rescaled so 0 -> 0, ½ -> ½, 1 -> 1: monotone, so the hard masks
+    1[P > ½] are unchanged, while a training-time sample of P = 0.6 keeps a channel
+    with probability 0.73 at k = 10 (0.85 -> 0.98). The paper names a sigmoid-alike
+    transform for this; its exact form is not given here, this one is ours.
+    """
+    if k <= 0:
+        return p
+    lo, hi = torch.sigmoid(torch.tensor(-k / 2)), torch.sigmoid(torch.tensor(k / 2))
+    return (torch.sigmoid(k * (p - 0.5)) - lo.to(p)) / (hi - lo).to(p)
+
+
 def gumbel_soft_mask(p: torch.Tensor, temperature: float) -> torch.Tensor:
     """Binary Gumbel-softmax sample of a keep mask with keep probability `p`.
 
@@ -132,6 +148,7 @@ class ChannelGates:
         self.model, self.graph = model, graph
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
         self.threshold = 0.5
+        self.sharpen = 0.0  # k of `sharpen` on training-time probabilities (0: off)
         self.enabled = True
         self.hard_in_training = False  # training-mode forwards with the evaluation masks
         # Hard unit masks held fixed (set by `recalibrate`): P depends on the running
@@ -242,7 +259,7 @@ class ChannelGates:
 
     # -------------------------------------------------------------------- masks
     def _sample(self) -> dict[str, torch.Tensor]:
-        probs = self.probabilities(leading=True)
+        probs = {n: sharpen(p, self.sharpen) for n, p in self.probabilities(leading=True).items()}
         if self.sampling == "gumbel":
             per = {n: gumbel_soft_mask(p, self.temperature) for n, p in probs.items()}
         elif self.sampling == "expected":  # the mask's mean: no noise
@@ -308,12 +325,14 @@ class ChannelGates:
                 layer.module.output_scale = None
 
     # ----------------------------------------------------------------- loss/cost
-    def sparsity_loss(self, lambda1: float, lambda2: float) -> torch.Tensor:
-        """Σ over masked layers of λ1 |γ| + λ2 β."""
-        terms = [
-            lambda1 * layer.module.weight.abs().sum() + lambda2 * layer.module.bias.sum()
-            for layer in self.layers
-        ]
+    def sparsity_loss(
+        self, lambda1: float, lambda2: float, every_norm: bool = False
+    ) -> torch.Tensor:
+        """Σ of λ1 |γ| + λ2 β over the masked layers (`every_norm`: also the unmasked ones)."""
+        mods = [layer.module for layer in self.layers]
+        if every_norm:
+            mods += [self.model.get_submodule(name) for name in self.skipped]
+        terms = [lambda1 * m.weight.abs().sum() + lambda2 * m.bias.sum() for m in mods]
         return torch.stack(terms).sum()
 
     def hard_ratio(self, metric: str, threshold: float | None = None) -> float:
@@ -355,6 +374,8 @@ class BWCPOptions:
     warmup_epochs: float = 0.0  # epochs trained without the sparsity loss (ImageNet: 20)
     delta: float = 0.05  # activation threshold in P = P(γ̂ z + β̂ > δ)
     temperature: float = 0.5  # Gumbel-softmax temperature
+    # k of the sigmoid-alike map pushing the training-time P towards 0/1 (`sharpen`; 0: off)
+    sharpen: float = 0.0
     sampling: str = "gumbel"  # "gumbel"; "hard_st" (straight-through 1[P>0.5]); "none"
     # Masks during the warm-up (None: `sampling`, as the paper). "expected" multiplies each
     # channel by P itself (no noise): at initialisation P is about 0.5 everywhere, and on a
@@ -365,6 +386,9 @@ class BWCPOptions:
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
+    # The sparsity loss on "all" norm layers (the paper), or only the "masked" ones (with
+    # shortcuts=false the residual streams' BNs then go unregularised: the previous rounds').
+    loss_layers: str = "all"
     # A residual stage's mask: "paper" (the stream's first layer, times the projection
     # shortcut's BN added to it), or "sources": the product of the masks of its first
     # `shared_sources` norm layers in execution order (0: all of them).
@@ -403,12 +427,16 @@ class BWCPOptions:
         for name in ("lambda1", "lambda2", "warmup_epochs", "delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
+        if self.sharpen < 0:
+            raise ConfigError(f"bwcp sharpen must be >= 0 (0: off), got {self.sharpen}")
         if self.temperature <= 0:
             raise ConfigError(f"bwcp temperature must be > 0, got {self.temperature}")
         if self.init_probability is not None and not 0 < self.init_probability < 1:
             raise ConfigError(
                 f"bwcp init_probability must be in (0, 1), got {self.init_probability}"
             )
+        if self.loss_layers not in ("all", "masked"):
+            raise ConfigError(f"bwcp loss_layers={self.loss_layers!r}: use 'all' or 'masked'")
         if self.stage_mask not in ("paper", "sources"):
             raise ConfigError(f"bwcp stage_mask={self.stage_mask!r}: use 'paper' or 'sources'")
         if self.shared_sources < 0:
@@ -475,7 +503,8 @@ class BWCPCallback(Callback):
         o = self.opts
         if not self._active(trainer) or (o.lambda1 == 0 and o.lambda2 == 0):
             return None
-        return self.gates.sparsity_loss(self.scale * o.lambda1, self.scale * o.lambda2)
+        every = o.loss_layers == "all"
+        return self.gates.sparsity_loss(self.scale * o.lambda1, self.scale * o.lambda2, every)
 
     def on_step_end(self, trainer: Trainer) -> None:
         self.steps += 1
@@ -549,6 +578,7 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
         opts.shared_sources, opts.stage_mask, norms_added_together(model),
     )  # fmt: skip
     gates.pairs = pairs
+    gates.sharpen = opts.sharpen
     if opts.init_probability is not None:
         set_initial_probability(gates, opts.init_probability)
     return gates
