@@ -451,3 +451,22 @@ def test_sharpen_pushes_probabilities_to_zero_and_one_and_keeps_the_threshold() 
     gates.sampling = "expected"
     probs = gates.probabilities(leading=True)
     assert torch.allclose(gates._sample()["layer2.0.bn1"], sharpen(probs["layer2.0.bn1"], 10.0))
+
+
+def test_partial_whitening_whitens_only_the_chosen_layers_and_still_exports() -> None:
+    model, gates = _bwcp_model(whiten_only=["layer3.*"])
+    kinds = {layer.name: type(layer.module) for layer in gates.layers}
+    assert kinds and all(
+        (k is BatchWhitening2d) == n.startswith("layer3.") for n, k in kinds.items()
+    )
+    assert any(k is nn.BatchNorm2d for k in kinds.values())  # the others stay BN, masked
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    masks = {k: v.cpu() for k, v in gates.channel_masks(gates.hard_unit_masks()).items()}
+    gates.remove()
+    pruned = fold_and_prune(model, gates.pairs, masks, X)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), ref, atol=1e-4)
+    with pytest.raises(ConfigError, match="whiten_only"):
+        BWCPOptions(whiten_only="layer3.*").validate()  # type: ignore[arg-type]

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -383,6 +384,9 @@ class BWCPOptions:
     warmup_sampling: str | None = None
     whiten: bool = True  # False: keep batch norm (the "without BW" ablation)
     group_size: int = 16  # channels whitened together
+    # Partial whitening (the paper's Table 5): fnmatch patterns of the norm layers to
+    # whiten, e.g. ["layer3.*"]; the others stay batch norm (still masked). None: all.
+    whiten_only: list[str] | None = None
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
@@ -427,6 +431,11 @@ class BWCPOptions:
         for name in ("lambda1", "lambda2", "warmup_epochs", "delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
+        patterns = self.whiten_only
+        if patterns is not None and (
+            isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)
+        ):
+            raise ConfigError("bwcp whiten_only must be a list of layer-name patterns")
         if self.sharpen < 0:
             raise ConfigError(f"bwcp sharpen must be >= 0 (0: off), got {self.sharpen}")
         if self.temperature <= 0:
@@ -566,6 +575,7 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
         bn
         for bn, conv in pairs.items()
         if opts.whiten and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
+        and (opts.whiten_only is None or any(fnmatch(bn, pat) for pat in opts.whiten_only))
     ]
     layers = convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
     if opts.reinit_gamma:
