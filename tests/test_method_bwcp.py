@@ -470,3 +470,22 @@ def test_partial_whitening_whitens_only_the_chosen_layers_and_still_exports() ->
         assert torch.allclose(pruned(x), ref, atol=1e-4)
     with pytest.raises(ConfigError, match="whiten_only"):
         BWCPOptions(whiten_only="layer3.*").validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bwcp_star_fine_tunes_the_exported_model() -> None:
+    torch.manual_seed(0)
+    opts = {"lambda1": 1e-3, "lambda2": 2e-3, "target_control": True, "control_every": 2,
+            "recalibrate_batches": 2}  # fmt: skip
+    plain = get_method("bwcp")(**opts).run(_task(target=0.5, epochs=1))
+    torch.manual_seed(0)
+    star = get_method("bwcp")(**opts, finetune_epochs=1, finetune_lr=0.01).run(
+        _task(target=0.5, epochs=1))
+    widths = [[m.out_channels for m in r.model.modules() if isinstance(m, nn.Conv2d)]
+              for r in (plain, star)]  # fmt: skip
+    assert widths[0] == widths[1]  # the same exported architecture, then fine-tuned
+    assert len(star.history) == len(plain.history) + 1 and "finetune" in star.info
+    changed = [not torch.equal(a, b) for a, b in
+               zip(plain.model.state_dict().values(), star.model.state_dict().values(),
+                   strict=True)]
+    assert any(changed)

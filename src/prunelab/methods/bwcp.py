@@ -25,7 +25,8 @@ Trains and prunes from scratch in one pass:
    the first `shared_sources` layers in execution order instead (2: the
    previous rounds' rule, stem x layer1.0.bn2 in a first stage; 0: all of them,
    a channel survives only if every layer of the stage keeps it);
-6. the result is folded and exported (`bwcp_export`): a plain conv model.
+6. the result is folded and exported (`bwcp_export`): a plain conv model;
+   BWCP* (`finetune_epochs` > 0) fine-tunes that model afterwards.
 
 Choices the paper leaves open: whitened layers start at γ = 1/√g (with
 Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I, so γ = 1 would start
@@ -422,6 +423,10 @@ class BWCPOptions:
     # Training batches to re-estimate the norm statistics under the hard masks before
     # every evaluation and the export (0: off, evaluate with the training-time estimates).
     recalibrate_batches: int = 50
+    # BWCP*: epochs of fine-tuning the exported (plain, pruned) model after the run, with
+    # the training recipe at `finetune_lr` (None: the recipe's lr). 0: plain BWCP.
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
 
     def validate(self) -> None:
         for name in ("sampling", "warmup_sampling"):
@@ -436,6 +441,8 @@ class BWCPOptions:
             isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)
         ):
             raise ConfigError("bwcp whiten_only must be a list of layer-name patterns")
+        if self.finetune_epochs < 0 or (self.finetune_lr is not None and self.finetune_lr <= 0):
+            raise ConfigError("bwcp finetune_epochs must be >= 0 and finetune_lr > 0")
         if self.sharpen < 0:
             raise ConfigError(f"bwcp sharpen must be >= 0 (0: off), got {self.sharpen}")
         if self.temperature <= 0:
@@ -633,4 +640,13 @@ class BWCP(Method):
         target = task.target if opts.target_control else None
         cb = BWCPCallback(gates, opts, target, task.metric)
         model, history, final = fit(task, model, "bwcp", [cb])
-        return finish(task, model, gates, cb, opts, history, final)
+        result = finish(task, model, gates, cb, opts, history, final)
+        if opts.finetune_epochs > 0:  # BWCP*: the exported plain model fine-tuned
+            lr = task.train.lr if opts.finetune_lr is None else opts.finetune_lr
+            tuned, more, final_ft = fit(
+                task, result.model, "finetune", epochs=opts.finetune_epochs, lr=lr,
+                warmup_epochs=0,
+            )  # fmt: skip
+            result = PruneResult(tuned.eval(), [*result.history, *more],
+                                 {**result.info, "finetune": final_ft})  # fmt: skip
+        return result
