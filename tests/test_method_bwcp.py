@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import prunelab
+from prunelab.cli.config import build_config
 from prunelab.data import build_data
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.graph.cost import base_cost, cost_of_masks
@@ -489,3 +491,21 @@ def test_bwcp_star_fine_tunes_the_exported_model() -> None:
                zip(plain.model.state_dict().values(), star.model.state_dict().values(),
                    strict=True)]
     assert any(changed)
+
+
+BWCP_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("bwcp_*.yaml"))
+
+
+@pytest.mark.parametrize("path", BWCP_CONFIGS, ids=[p.stem for p in BWCP_CONFIGS])
+def test_shipped_configs_start_every_channel_above_the_test_threshold(path) -> None:
+    cfg = build_config({}, [str(path)], [])
+    method = dict(cfg["method"])
+    assert method.pop("name") == "bwcp"
+    opts = BWCPOptions(**method)
+    opts.validate()
+    TrainConfig.from_dict(cfg["train"])
+    torch.manual_seed(0)
+    size = 64 if cfg["data"]["name"] == "imagefolder" else 32  # the model at a small size
+    model = prunelab.create(cfg["model"], num_classes=10)
+    gates = prepare(model, torch.zeros(1, 3, size, size), opts)
+    assert gates.hard_ratio("flops") > 0.9
