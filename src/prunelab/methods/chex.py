@@ -355,11 +355,17 @@ class ChexCallback(Callback):
         gives pruned channels the feature maps they would have when regrown.
         """
         x = self.images_for_features
-        if self.opts.css_source == "weights" or x is None:
-            return None, None
         assert self.memory is not None
-        names = [n for gi in self.groups for n in feat.consumers(self.graph.groups[gi], model)]
-        rows = max(self.opts.feature_rows, 2 * max(self.graph.groups[g].size for g in self.groups))
+        source, shadow = self.opts.css_source, self.memory.shadow
+        need = [
+            g for g in (self.graph.groups[gi] for gi in self.groups)
+            if source == "features" or (source == "auto" and not all(
+                feat.is_tall(m) for _, m in feat.weight_matrices(shadow, g)))
+        ]  # fmt: skip
+        if x is None or not need:
+            return None, None
+        names = [n for g in need for n in feat.consumers(g, model)]
+        rows = max(self.opts.feature_rows, 2 * max(g.size for g in need))
         seed = self.seed * 1_000_003 + t
         sub = feat.capture_inputs(model, names, x, rows, seed)
         with self.memory.revived():
