@@ -144,7 +144,7 @@ class ChannelGates:
         sampling: str = "gumbel",
         shortcuts: bool = True,
         shared_sources: int = 2,
-        stage_mask: str = "sources",
+        stage_mask: str = "paper",
         added: list[set[str]] | None = None,
     ) -> None:
         self.model, self.graph = model, graph
@@ -170,6 +170,8 @@ class ChannelGates:
                     self.layers.append(_Layer(name, mod, group.index, m.positions, m.units))
         # `names` come in execution order. "paper": a group's first layer leads, with the
         # layers added to it at the same residual add; "sources": its first `shared_sources`.
+        if stage_mask == "paper" and added is None:
+            added = norms_added_together(model)
         first: dict[int, str] = {}
         seen: dict[int, int] = {}
         for layer in self.layers:
@@ -592,7 +594,7 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
                 bw.weight.fill_(bw.group_size**-0.5)
     gates = ChannelGates(
         model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts,
-        opts.shared_sources, opts.stage_mask, norms_added_together(model),
+        opts.shared_sources, opts.stage_mask,
     )  # fmt: skip
     gates.pairs = pairs
     gates.sharpen = opts.sharpen
