@@ -99,9 +99,9 @@ def table(method: str) -> None:
     for arch, by in rows.items():
         m, u = by.get(method), by.get("uniform")
         cells = [arch]
-        cells += ([f"{100 * m['top1']:.2f}", f"{m['flops']:.3f}", f"{m['params']:.3f}",
+        cells += ([f"{m['top1']:.2f}", f"{m['flops']:.3f}", f"{m['params']:.3f}",
                    f"{m['export_max_diff']:.1e}"] if m else ["", "", "", ""])  # fmt: skip
-        cells += [f"{100 * u['top1']:.2f}", f"{u['flops']:.3f}"] if u else ["", ""]
+        cells += [f"{u['top1']:.2f}", f"{u['flops']:.3f}"] if u else ["", ""]
         cells += [f"{m['seconds']:.0f}" if m else ""]
         print("| " + " | ".join(cells) + " |")
 
