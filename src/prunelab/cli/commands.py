@@ -1,4 +1,4 @@
-"""The small commands: eval, bench, report, models, methods."""
+"""The small commands: eval, bench, export, report, models, methods."""
 
 from __future__ import annotations
 
@@ -37,6 +37,20 @@ def run_bench(model_paths: list[str], batch: int, threads: int, repeats: int) ->
     table = format_table(rows, batch, threads)
     print(table)
     return table
+
+
+def run_export(
+    model_path: str, format: str, fold_bn: bool, opset: int | None, out: str | None
+) -> Path:
+    """Write a saved model as ONNX or TorchScript, checked against the model itself."""
+    from prunelab.exporter import SUFFIXES, export
+
+    source = checkpoint_path(model_path)
+    model = io.load(source)
+    target = Path(out) if out else source.with_name(source.stem + SUFFIXES[format])
+    export(model, target, format=format, fold_bn=fold_bn, opset=opset)  # type: ignore[arg-type]
+    print(f"written: {target} ({format}, dynamic batch, outputs checked against PyTorch)")
+    return target
 
 
 def run_report(runs: list[str], out: str) -> None:

@@ -1,4 +1,4 @@
-"""The `prunelab` command line: train | prune | eval | bench | report | models | methods."""
+"""The `prunelab` command line: train, prune, eval, bench, export, report, models, methods."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=20)
+    x = sub.add_parser("export", help="write a saved model as ONNX or TorchScript, checked")
+    x.add_argument("model", help="a model file (prunelab.save) or builtin:NAME")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    x.add_argument("--fold-bn", action="store_true", help="fold batch norms into convolutions")
+    x.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    x.add_argument("--out", help="output file (default: beside the model)")
     r = sub.add_parser("report", help="compare run folders in one table and plot")
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default="runs/report")
@@ -106,6 +112,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.run_eval(args.model, config)
     elif args.command == "bench":
         commands.run_bench(args.models, args.batch, args.threads, args.repeats)
+    elif args.command == "export":
+        commands.run_export(args.model, args.format, args.fold_bn, args.opset, args.out)
     elif args.command == "report":
         commands.run_report(args.runs, args.out)
     elif args.command == "models":
