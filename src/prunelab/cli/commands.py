@@ -13,6 +13,7 @@ from prunelab.methods import list_methods
 from prunelab.methods.finetune import accuracy
 from prunelab.metrics import count
 from prunelab.report import compare_runs, format_table, measure
+from prunelab.runtimes import check_runtime
 
 
 def run_eval(model_path: str, config: dict) -> dict[str, float]:
@@ -27,14 +28,17 @@ def run_eval(model_path: str, config: dict) -> dict[str, float]:
     return {"top1": top1, "flops": cost.flops, "params": cost.params}
 
 
-def run_bench(model_paths: list[str], batch: int, threads: int, repeats: int) -> str:
-    """Latency of saved models side by side; the first is the baseline of the speedups."""
+def run_bench(
+    model_paths: list[str], batch: int, threads: int, repeats: int, runtime: str = "torch"
+) -> str:
+    """Latency of saved models side by side in `runtime`; the first is the speedups' baseline."""
+    check_runtime(runtime)  # before loading anything: a missing extra is one line
     loaded = {Path(p).stem if p not in ("dense",) else p: io.load(checkpoint_path(p))
               for p in model_paths}  # fmt: skip
     inputs = {k: torch.zeros(1, *getattr(m, "prunelab_input_size", (3, 32, 32)))
               for k, m in loaded.items()}  # fmt: skip
-    rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats)
-    table = format_table(rows, batch, threads)
+    rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats, runtime)
+    table = format_table(rows, batch, threads, runtime)
     print(table)
     return table
 

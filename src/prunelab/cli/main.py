@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=20)
+    b.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="where to time them (onnxruntime, openvino: pip install prunelab[deploy])")
     x = sub.add_parser("export", help="write a saved model as ONNX or TorchScript, checked")
     x.add_argument("model", help="a model file (prunelab.save) or builtin:NAME")
     x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
@@ -111,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = build_config({"data": {"name": "cifar10_jpg"}, "seed": 0}, [], overrides)
         commands.run_eval(args.model, config)
     elif args.command == "bench":
-        commands.run_bench(args.models, args.batch, args.threads, args.repeats)
+        commands.run_bench(args.models, args.batch, args.threads, args.repeats, args.runtime)
     elif args.command == "export":
         commands.run_export(args.model, args.format, args.fold_bn, args.opset, args.out)
     elif args.command == "report":
