@@ -17,11 +17,14 @@ from prunelab.errors import (
     ConfigError,
     CorruptFileError,
     DataNotFoundError,
+    ExportError,
     InfeasibleBudgetError,
+    MissingDependencyError,
     PrunelabError,
     UnknownNameError,
     UnsupportedModelError,
 )
+from prunelab.exporter import export
 from prunelab.graph import ChannelGraph, ChannelMask, Group, Plan, prune, trace
 from prunelab.io import load, save
 from prunelab.metrics import Cost, compare_latency, count, measure_latency
@@ -36,8 +39,10 @@ __all__ = [
     "CorruptFileError",
     "Cost",
     "DataNotFoundError",
+    "ExportError",
     "Group",
     "InfeasibleBudgetError",
+    "MissingDependencyError",
     "Plan",
     "PrunelabError",
     "UnknownNameError",
@@ -47,6 +52,7 @@ __all__ = [
     "count",
     "create",
     "create_from_arch",
+    "export",
     "fold_batch_norms",
     "list_models",
     "load",

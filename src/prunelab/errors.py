@@ -53,3 +53,17 @@ class UnknownNameError(PrunelabError):
 
 class ConfigError(PrunelabError):
     """A bad configuration value or command-line argument."""
+
+
+class MissingDependencyError(PrunelabError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package, self.extra = package, extra
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}: pip install 'prunelab[{extra}]'"
+        )
+
+
+class ExportError(PrunelabError):
+    """An exported model does not compute what the PyTorch model computes."""

@@ -1,4 +1,4 @@
-"""The small commands: eval, bench, report, models, methods."""
+"""The small commands: eval, bench, export, report, models, methods."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from prunelab.cli.setup import apply_resolution, check_writable, checkpoint_path
 from prunelab.methods import list_methods
 from prunelab.metrics import count
 from prunelab.report import compare_runs, format_table, measure
+from prunelab.runtimes import check_runtime
 from prunelab.train.tasks import evaluate_model, metric_label, task_for
 
 
@@ -31,16 +32,33 @@ def run_eval(model_path: str, config: dict) -> dict[str, float]:
     return {**{k: metrics[k] for k in task.metrics}, "flops": cost.flops, "params": cost.params}
 
 
-def run_bench(model_paths: list[str], batch: int, threads: int, repeats: int) -> str:
-    """Latency of saved models side by side; the first is the baseline of the speedups."""
+def run_bench(
+    model_paths: list[str], batch: int, threads: int, repeats: int, runtime: str = "torch"
+) -> str:
+    """Latency of saved models side by side in `runtime`; the first is the speedups' baseline."""
+    check_runtime(runtime)  # before loading anything: a missing extra is one line
     loaded = {Path(p).stem if p not in ("dense",) else p: io.load(checkpoint_path(p))
               for p in model_paths}  # fmt: skip
     inputs = {k: torch.zeros(1, *getattr(m, "prunelab_input_size", (3, 32, 32)))
               for k, m in loaded.items()}  # fmt: skip
-    rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats)
-    table = format_table(rows, batch, threads)
+    rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats, runtime)
+    table = format_table(rows, batch, threads, runtime=runtime)
     print(table)
     return table
+
+
+def run_export(
+    model_path: str, format: str, fold_bn: bool, opset: int | None, out: str | None
+) -> Path:
+    """Write a saved model as ONNX or TorchScript, checked against the model itself."""
+    from prunelab.exporter import SUFFIXES, export
+
+    source = checkpoint_path(model_path)
+    model = io.load(source)
+    target = Path(out) if out else source.with_name(source.stem + SUFFIXES[format])
+    export(model, target, format=format, fold_bn=fold_bn, opset=opset)  # type: ignore[arg-type]
+    print(f"written: {target} ({format}, dynamic batch, outputs checked against PyTorch)")
+    return target
 
 
 def run_report(runs: list[str], out: str) -> None:

@@ -1,4 +1,4 @@
-"""The `prunelab` command line: train, prune, compare, eval, bench, report, models, methods."""
+"""The `prunelab` command line: train, prune, compare, eval, bench, export, report, models."""
 
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--report-only", action="store_true",
                    help="run nothing; rewrite the leaderboard from the finished arms")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    b.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
+                   help="where to time them (onnxruntime, openvino: pip install prunelab[deploy])")
+    x = sub.add_parser("export", help="write a saved model as ONNX or TorchScript, checked")
+    x.add_argument("model", help="a model file (prunelab.save) or builtin:NAME")
+    x.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    x.add_argument("--fold-bn", action="store_true", help="fold batch norms into convolutions")
+    x.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    x.add_argument("--out", help="output file (default: beside the model)")
     r = sub.add_parser("report", help="compare run folders in one table and plot")
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default="runs/report")
@@ -129,9 +137,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = build_config({"data": {"name": "cifar10_jpg"}, "seed": 0}, [], overrides)
         commands.run_eval(args.model, config)
     elif args.command == "bench":
-        commands.run_bench(args.models, args.batch, args.threads, args.repeats)
+        commands.run_bench(args.models, args.batch, args.threads, args.repeats, args.runtime)
     elif args.command == "compare":
         return _compare(args)
+    elif args.command == "export":
+        commands.run_export(args.model, args.format, args.fold_bn, args.opset, args.out)
     elif args.command == "report":
         commands.run_report(args.runs, args.out)
     elif args.command == "models":

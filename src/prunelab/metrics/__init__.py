@@ -12,6 +12,7 @@ from prunelab.metrics.latency import (
     compare_train_step,
     measure_latency,
     measure_train_step,
+    time_callables,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "format_count",
     "measure_latency",
     "measure_train_step",
+    "time_callables",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "compare_train_step",
     "measure_latency",
     "measure_train_step",
+    "time_callables",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -188,6 +189,25 @@ def _with_speedups(samples: dict[str, list[float]], threads: int) -> dict[str, L
     stats = {name: _stats(values, threads) for name, values in samples.items()}
     baseline = next(iter(stats.values())).median_ms
     return {name: replace(s, speedup=baseline / s.median_ms) for name, s in stats.items()}
+
+
+def time_callables(
+    runners: Mapping[str, Callable[[], object]],
+    repeats: int = 30,
+    warmup: int = 5,
+    threads: int | None = None,
+) -> dict[str, LatencyStats]:
+    """Time ready-made calls (e.g. other runtimes' sessions) round-robin; the first is the baseline.
+
+    `threads` sets torch's thread count only; a runtime's own sessions take
+    theirs when they are built.
+    """
+    _check_counts(repeats, warmup)
+    if not runners:
+        raise ConfigError("time_callables needs at least one runner")
+    with _thread_count(threads) as used_threads:
+        samples = _time_round_robin(dict(runners), repeats, warmup, torch.device("cpu"))
+    return _with_speedups(samples, used_threads)
 
 
 def compare_latency(

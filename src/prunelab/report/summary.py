@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from prunelab.metrics import compare_latency, count
+from prunelab.runtimes import compare_in_runtime
 
 
 @dataclass
@@ -44,13 +45,17 @@ def measure(
     batch: int = 8,
     threads: int = 2,
     repeats: int = 20,
+    runtime: str = "torch",
 ) -> list[ModelStats]:
     """Costs of each model on its own input size, and latency in its faster memory layout.
 
     All models (and both layouts of each) are timed round-robin in one run, so
     the speedups are ratios measured side by side. The first model is the
-    baseline of the speedups.
+    baseline of the speedups. With `runtime` "onnxruntime" or "openvino" the
+    models are exported to ONNX and timed there (the runtime picks its layout).
     """
+    if runtime != "torch":
+        return _measure_in_runtime(models, inputs, top1, batch, threads, repeats, runtime)
     timed: dict[str, nn.Module] = {}
     batches: dict[str, torch.Tensor] = {}
     layouts: dict[str, bool] = {}
@@ -74,11 +79,33 @@ def measure(
     return rows
 
 
-def format_table(rows: list[ModelStats], batch: int, threads: int, metric: str = "top-1") -> str:
+def _measure_in_runtime(
+    models: dict[str, nn.Module],
+    inputs: dict[str, torch.Tensor],
+    top1: dict[str, float | None],
+    batch: int,
+    threads: int,
+    repeats: int,
+    runtime: str,
+) -> list[ModelStats]:
+    batches = {k: x.expand(batch, *x.shape[1:]).contiguous() for k, x in inputs.items()}
+    stats = compare_in_runtime(models, batches, runtime, threads, repeats)
+    rows = []
+    for label, model in models.items():
+        cost = count(model, inputs[label])
+        rows.append(ModelStats(label, top1.get(label), cost.flops, cost.params,
+                               stats[label].median_ms, runtime, stats[label].speedup))  # fmt: skip
+    return rows
+
+
+def format_table(
+    rows: list[ModelStats], batch: int, threads: int, metric: str = "top-1", runtime: str = "torch"
+) -> str:
     """A markdown table (also readable in a terminal); `metric` names the accuracy column."""
     base = rows[0]
+    where = "CPU latency" if runtime == "torch" else f"{runtime} CPU latency"
     head = (
-        f"| model | {metric} (%) | FLOPs (MACs) | params | CPU latency (batch {batch}, "
+        f"| model | {metric} (%) | FLOPs (MACs) | params | {where} (batch {batch}, "
         f"{threads} threads) | speedup |"
     )
     lines = [head, "|---|---|---|---|---|---|"]
