@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from torchvision.ops.misc import FrozenBatchNorm2d
 
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.cost import plan_cost
@@ -42,6 +43,27 @@ class PruneCheck:
     def passed(self) -> bool:
         done = self.refused is None and self.prunable > 0
         return done and self.cost_matches and self.error < 1e-4
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every batch norm non-trivial statistics and affine values, in place.
+
+    Fresh batch norms are identities on zero channels, which would hide a
+    pruned bias or shift that surgery got wrong.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._NormBase, FrozenBatchNorm2d)):
+            if getattr(m, "running_mean", None) is None:
+                continue
+            n = m.running_mean.numel()
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model
 
 
 def half_plan(graph: ChannelGraph, keep: float = 0.5, seed: int = 0) -> Plan:
@@ -82,12 +104,18 @@ def output_difference(a: object, b: object) -> float:
 
 
 def check_prunes(
-    model: nn.Module, example_input: torch.Tensor, keep: float = 0.5, seed: int = 0
+    model: nn.Module,
+    example_input: torch.Tensor,
+    keep: float = 0.5,
+    seed: int = 0,
+    flops_ratio: bool = True,
+    copy_model: bool = True,
 ) -> PruneCheck:
     """Trace `model`, prune about `keep` of every group, and check the contracts.
 
     Raises nothing the tracer raises on purpose: a refusal is returned in
     `PruneCheck.refused`. Any other exception is a defect and propagates.
+    `copy_model=False` masks `model` itself (saves a copy of a large model).
     """
     model = model.eval()
     try:
@@ -98,18 +126,18 @@ def check_prunes(
     if not graph.prunable:
         return result
     plan = half_plan(graph, keep, seed)
-    masked = copy.deepcopy(model)
+    pruned = prune(model, plan).eval()
+    counted = count(pruned, example_input[:1])
+    planned = plan_cost(plan)
+    result.cost_matches = (planned.flops, planned.params) == (counted.flops, counted.params)
+    if flops_ratio:  # one more forward, of the dense model
+        dense = count(model, example_input[:1])
+        result.flops_ratio = counted.flops / max(dense.flops, 1)
+    masked = copy.deepcopy(model) if copy_model else model
     mask = ChannelMask(masked, graph)
     for g in plan.keep:
         mask.set(g, plan.keep_mask(g))
     mask.apply()
-    pruned = prune(model, plan).eval()
     with torch.no_grad():
         result.error = output_difference(masked(example_input), pruned(example_input))
-    del masked
-    counted = count(pruned, example_input[:1])
-    planned = plan_cost(plan)
-    result.cost_matches = (planned.flops, planned.params) == (counted.flops, counted.params)
-    dense = count(model, example_input[:1])
-    result.flops_ratio = counted.flops / max(dense.flops, 1)
     return result
