@@ -30,6 +30,7 @@ import torch.nn as nn
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.channel_analysis import ChannelAnalysis
 from prunelab.graph.groups import ChannelGraph
+from prunelab.graph.op_tables import _EXTRA_LEAVES
 
 
 class _Tracer(fx.Tracer):
@@ -37,10 +38,10 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, leaves: tuple[type, ...] = ()) -> None:
         super().__init__()
-        self._extra_leaves = leaves
+        self._extra_leaves = (*_EXTRA_LEAVES, *leaves)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self._extra_leaves and isinstance(m, self._extra_leaves):
+        if isinstance(m, self._extra_leaves) or _inherits_torch_layer(m):
             return True
         return super().is_leaf_module(m, qualname)
 
@@ -51,6 +52,17 @@ class _Tracer(fx.Tracer):
             if not hasattr(self, "failed_in"):  # the innermost module: where tracing stopped
                 self.failed_in = f"{self.path_of_module(m)} ({type(m).__name__})"
             raise
+
+
+def _inherits_torch_layer(m: nn.Module) -> bool:
+    """A user subclass of a torch.nn layer that keeps its forward: the same layer."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    if isinstance(m, containers) or type(m).__module__.startswith("torch."):
+        return False
+    for base in type(m).__mro__[1:]:
+        if base.__module__.startswith("torch.nn.") and base is not nn.Module:
+            return type(m).forward is base.forward
+    return False
 
 
 def _propagate_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[torch.Tensor, ...]) -> None:
