@@ -106,7 +106,8 @@ def _runnable(command: str, made: dict[str, Path], tmp: Path) -> list[str]:
     elif command_name in ("prune", "train"):
         files = [a for a in args[1:] if a.endswith(".yaml")]
         method = build_config({}, files, [])["method"]["name"] if files else None
-        args += [*SYNTH, *TINY.get(method, []), "--quiet"]
+        # a recipe's own train.batch_size would not fit the synthetic set: the loader's (32)
+        args += [*SYNTH, "train.batch_size=null", *TINY.get(method, []), "--quiet"]
         if "--run-dir" not in args:
             args += ["--run-dir", str(tmp / "run")]
     elif command_name == "eval":
