@@ -22,6 +22,7 @@ from prunelab.cli.setup import (
     say,
 )
 from prunelab.errors import ConfigError
+from prunelab.latency_table import LatencySpec
 from prunelab.methods import PruneTask, get_method
 from prunelab.methods.finetune import accuracy
 from prunelab.report import (
@@ -48,8 +49,10 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     method = get_method(name)(**method_cfg)
     target = float(config.get("target", 0.5))
     metric = str(config.get("metric", "flops"))
-    if metric not in ("flops", "params"):
-        raise ConfigError(f"metric must be 'flops' or 'params', got {metric!r}")
+    if metric not in ("flops", "params", "latency"):
+        raise ConfigError(f"metric must be 'flops', 'params' or 'latency', got {metric!r}")
+    lat = {"batch": 8, "threads": 2, "repeats": 20, **(config.get("latency") or {})}
+    spec = LatencySpec.from_config(lat)  # unknown keys fail here, before any work
     train = TrainConfig.from_dict(
         {"quiet": bool(config.get("quiet")), **(config.get("train") or {})}
     )
@@ -75,6 +78,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     task = PruneTask(
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
+        latency=lat,
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
@@ -83,15 +87,14 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     say(config, "evaluating the pruned model")
     pruned_top1 = accuracy(pruned, data.test)
 
-    lat = {"batch": 8, "threads": 2, "repeats": 20, **(config.get("latency") or {})}
-    say(config, f"timing both models (batch {lat['batch']}, {lat['threads']} threads)")
+    say(config, f"timing both models (batch {spec.batch}, {spec.threads} threads, {spec.runtime})")
     rows = measure(
         {"dense": dense, "pruned": pruned},
         {"dense": dense_input, "pruned": pruned_input},
         {"dense": dense_top1, "pruned": pruned_top1},
-        batch=int(lat["batch"]), threads=int(lat["threads"]), repeats=int(lat["repeats"]),
+        batch=spec.batch, threads=spec.threads, repeats=spec.repeats, runtime=spec.runtime,
     )  # fmt: skip
-    table = format_table(rows, int(lat["batch"]), int(lat["threads"]))
+    table = format_table(rows, spec.batch, spec.threads, spec.runtime)
     io.save(
         pruned,
         out / "model.pt",
