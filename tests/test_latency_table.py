@@ -156,3 +156,26 @@ def test_a_table_of_another_architecture_is_refused(tiny_table) -> None:
 def test_cache_folder_follows_prunelab_cache(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
     assert lt._cache_dir() == tmp_path / "latency"
+
+
+def test_prune_with_an_unknown_latency_key_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys
+) -> None:
+    from prunelab.cli import main
+
+    run = tmp_path / "run"
+    argv = ["prune", "--run-dir", str(run), "metric=latency", "latency.thread=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown latency key(s) ['thread']" in err
+    assert not run.exists()
+
+
+def test_methods_that_cannot_budget_latency_say_so() -> None:
+    from prunelab.methods import PruneTask
+
+    task = PruneTask(model=nn.Linear(2, 2), data=None, metric="latency")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="random budgets flops or params, not latency"):
+        task.require_metric("random", "flops", "params")
+    task.metric = "flops"
+    task.require_metric("random", "flops", "params")
