@@ -15,7 +15,7 @@ Interrupted fine-tunes resume from their checkpoint (the search is
 deterministic, so it finds the same winner again).
 
     bench/slot .venv/bin/python bench/random_cifar.py compare --seeds 0 1 --epochs 4
-    bench/slot .venv/bin/python bench/random_cifar.py criteria --epochs 1
+    bench/slot .venv/bin/python bench/random_cifar.py criteria --epochs 1 --steps-per-epoch 130
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from prunelab import io
 from prunelab.cli import main
@@ -124,20 +123,6 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 or "[prunelab]" in err
-
-
-def test_every_shipped_config_is_valid() -> None:
-    from prunelab.methods import get_method
-    from prunelab.train import TrainConfig
-
-    configs = sorted(Path("configs").glob("*.yaml"))
-    for path in configs:
-        cfg = build_config({}, [str(path)], [])
-        method = dict(cfg.get("method") or {})
-        if method:
-            get_method(method.pop("name"))(**method)
-        TrainConfig.from_dict(cfg.get("train") or {})
-        assert yaml.safe_load(path.read_text())
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ def _single_conv() -> tuple[nn.Module, object]:
 
 
 def test_registry_lists_the_classic_criteria() -> None:
-    assert {"l1", "l2", "gm", "bn_scale", "taylor", "random"} <= set(list_criteria())
+    assert {"l1", "l2", "gm", "bn_scale", "taylor", "taylor_weight", "random"} <= set(
+        list_criteria()
+    )
     assert "taylor" in DATA_DRIVEN
     with pytest.raises(UnknownNameError, match="criterion 'nope'"):
         score("nope", *_single_conv())
@@ -77,7 +79,7 @@ def test_taylor_scores_from_batches_and_zero_filter_scores_zero() -> None:
     batches = [(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))) for _ in range(2)]
     stats = collect_taylor(model, batches)
     inner = graph.group_of("layer1.0.conv1")
-    s = score("taylor", model, inner, stats)
+    s = score("taylor_weight", model, inner, stats)
     assert s.shape == (inner.size,) and torch.all(s >= 0) and s.sum() > 0
     assert all(p.grad is None for p in model.parameters())
     stem = graph.group_of("conv1")
@@ -88,6 +90,50 @@ def test_taylor_scores_from_batches_and_zero_filter_scores_zero() -> None:
     assert only_stem[3] == 0
     with pytest.raises(ValueError, match="collect_taylor"):
         score("taylor", model, inner)
+
+
+def test_gate_taylor_equals_a_hand_computation_on_a_tiny_network() -> None:
+    """(gamma dL/dgamma + beta dL/dbeta)^2 per batch, averaged: the squared derivative of a gate."""
+    torch.manual_seed(0)
+    model = nn.Sequential(ConvBN(2, 4, k=3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 3))  # fmt: skip
+    with torch.no_grad():
+        model[0][1].weight.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+        model[0][1].bias.copy_(torch.tensor([0.1, 0.3, -0.2, 0.4]))
+    model.eval()
+    group = trace(model, torch.randn(1, 2, 5, 5)).group_of("0.0")
+    batches = [(torch.randn(6, 2, 5, 5), torch.randint(0, 3, (6,))) for _ in range(2)]
+    # By hand: a gate g (= 1) multiplying the BN output; dL/dg per channel, squared, averaged.
+    conv, bn = model[0][0], model[0][1]
+    expected = torch.zeros(4, dtype=torch.float64)
+    for x, y in batches:
+        gate = torch.ones(4, requires_grad=True)
+        out = bn(conv(x)) * gate.view(1, 4, 1, 1)
+        loss = nn.functional.cross_entropy(model[4](model[3](model[2](model[1](out)))), y)
+        (grad,) = torch.autograd.grad(loss, gate)
+        expected += grad.double().pow(2) / len(batches)
+    got = score("taylor", model, group, collect_taylor(model, batches))
+    torch.testing.assert_close(got, expected)
+    # The filter form is a different number; both are registered and need data.
+    assert {"taylor", "taylor_weight"} <= DATA_DRIVEN
+    weight = score("taylor_weight", model, group, collect_taylor(model, batches))
+    assert not torch.allclose(weight, got)
+
+
+def test_l2_of_a_coupled_group_sums_the_per_layer_norms() -> None:
+    net = nn.Sequential(ConvBN(3, 4, k=1), Residual(4), nn.Conv2d(4, 2, 1))
+    coupled = trace(net, torch.randn(1, 3, 4, 4)).group_of("0.0")
+    assert coupled.coupled
+    producers = [m.module for m in coupled.members_of("out", "weight")]
+    assert len(producers) == 2  # the stem and the block's last conv write the same channels
+    expected = sum(
+        net.get_submodule(name).weight.detach().double().flatten(1).norm(dim=1)
+        for name in producers
+    )
+    torch.testing.assert_close(score("l2", net, coupled), expected)
+    pooled = sum(net.get_submodule(n).weight.detach().double().flatten(1).pow(2).sum(1)
+                 for n in producers).sqrt()  # fmt: skip
+    assert not torch.allclose(score("l2", net, coupled), pooled)
 
 
 def test_random_is_repeatable_with_a_generator() -> None:

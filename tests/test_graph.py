@@ -150,13 +150,32 @@ def test_squeeze_excitation_ties_gate_to_channels() -> None:
     _check_contract(model, torch.randn(2, 3, 8, 8), (0.5,))
 
 
-def test_channel_shuffle_is_unsupported_with_a_clear_error() -> None:
+def test_channel_shuffle_prunes_as_a_fixed_permutation() -> None:
+    torch.manual_seed(0)
     model = torchvision.models.shufflenet_v2_x0_5(num_classes=10)
+    _check_contract(model, torch.randn(2, 3, 64, 64), (0.3, 0.6))
+    graph = trace(model, torch.randn(1, 3, 64, 64))
+    # chunk(2) and the shuffle's view(B, 2, C/2, ...) tie channel j of both halves
+    assert graph.group_of("stage2.0.branch2.5").unit_width >= 2
+
+
+class _HardCodedShuffle(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = y.view(y.shape[0], 2, -1, 8, 8).transpose(1, 2).reshape(y.shape[0], 2, 2, 2, 8, 8)
+        return self.out(y.flatten(1, 3))
+
+
+def test_a_shuffle_that_regroups_channels_is_a_clear_error() -> None:
+    model = _HardCodedShuffle()
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(UnsupportedModelError) as err:
-        trace(model, torch.randn(1, 3, 64, 64))
-    msg = str(err.value)
-    assert "view" in msg and "stage2" in msg and "channel" in msg
+    with pytest.raises(UnsupportedModelError, match=r"Tensor.reshape.*split channels"):
+        trace(model, torch.randn(1, 3, 8, 8))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -77,3 +79,82 @@ def test_models_outside_the_zoo_need_trust(tmp_path: Path) -> None:
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "mnasnet1_0"])
+def test_models_with_versioned_state_dicts_round_trip(tmp_path: Path, name: str) -> None:
+    """mnasnet's load_state_dict needs each module's `_version`; the file keeps them."""
+    torch.manual_seed(0)
+    model = models.create(name, num_classes=10).eval()
+    save(model, tmp_path / "m.pt")
+    loaded = load(tmp_path / "m.pt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_files_without_saved_versions_still_load(tmp_path: Path) -> None:
+    """Files written before the versions were saved load with the rebuilt model's own."""
+    model = models.create("mnasnet0_5", num_classes=10).eval()
+    save(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    del payload["state_versions"]
+    torch.save(payload, tmp_path / "old.pt")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(load(tmp_path / "old.pt")(x), model(x))
+
+
+def test_bytes_overwritten_anywhere_are_an_error_or_harmless(tmp_path: Path) -> None:
+    """A damaged file never loads silently with other weights (the CRC-32s are checked)."""
+    pruned, x = _pruned()
+    good = tmp_path / "m.pt"
+    save(pruned, good)
+    data = good.read_bytes()
+    with torch.no_grad():
+        expected = pruned(x)
+    errors = 0
+    for offset in range(0, len(data) - 16, len(data) // 41):
+        damaged = bytearray(data)
+        damaged[offset : offset + 16] = bytes(b ^ 0x5A for b in damaged[offset : offset + 16])
+        path = tmp_path / "damaged.pt"
+        path.write_bytes(bytes(damaged))
+        try:
+            loaded = load(path)
+        except CorruptFileError as exc:
+            assert "damaged.pt" in str(exc)
+            errors += 1
+            continue
+        with torch.no_grad():  # only bytes nothing reads (alignment padding) may be harmless
+            assert torch.equal(loaded(x), expected), offset
+    assert errors >= 38  # nearly every byte of the file is weights or structure
+
+
+def test_mid_file_damage_names_the_checksum(tmp_path: Path) -> None:
+    pruned, _ = _pruned()
+    path = tmp_path / "m.pt"
+    save(pruned, path)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match="CRC-32"):
+        load(path)
+
+
+def test_a_folder_or_an_unreadable_file_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(CorruptFileError, match="is a folder"):
+        load(tmp_path)
+    pruned, _ = _pruned()
+    path = tmp_path / "m.pt"
+    save(pruned, path)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    if os.geteuid() != 0:  # root reads any file: simulate the refusal instead
+        path.chmod(0)
+    else:
+        monkeypatch.setattr(zipfile, "ZipFile", refuse)
+    with pytest.raises(CorruptFileError, match=r"cannot read .*Permission denied"):
+        load(path)

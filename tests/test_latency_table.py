@@ -53,7 +53,7 @@ def tiny_table(tmp_path_factory: pytest.TempPathFactory):
 
 def test_spec_keys_are_checked() -> None:
     assert LatencySpec.from_config({"batch": 1, "runtime": "openvino"}).batch == 1
-    with pytest.raises(ConfigError, match=r"unknown latency key\(s\) \['thread'\]"):
+    with pytest.raises(ConfigError, match=r"unknown latency option\(s\) \['thread'\]"):
         LatencySpec.from_config({"thread": 2})
     with pytest.raises(ConfigError, match=r"latency\.runtime"):
         LatencySpec.from_config({"runtime": "tensorrt"})
@@ -167,7 +167,7 @@ def test_prune_with_an_unknown_latency_key_is_one_line_and_writes_nothing(
     argv = ["prune", "--run-dir", str(run), "metric=latency", "latency.thread=2"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unknown latency key(s) ['thread']" in err
+    assert "\n" not in err and "unknown latency option(s) ['thread']" in err
     assert not run.exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn as nn
 
 import prunelab
+from prunelab.cli.config import build_config
 from prunelab.data import build_data
 from prunelab.errors import ConfigError, UnsupportedModelError
 from prunelab.graph.cost import base_cost, cost_of_masks
@@ -123,6 +125,23 @@ def test_sparsity_loss_formula() -> None:
     assert float(got.detach()) == pytest.approx(want, rel=1e-5)
 
 
+def test_sparsity_loss_on_every_norm_layer_with_streams_unmasked() -> None:
+    model, gates = _bwcp_model(shortcuts=False)
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm2d, BatchWhitening2d))]
+    want = sum(1e-3 * float(m.weight.detach().abs().sum()) + 2e-3 * float(m.bias.detach().sum())
+               for m in norms)  # fmt: skip
+    assert gates.skipped  # the stream BNs are unmasked ...
+    every = float(gates.sparsity_loss(1e-3, 2e-3, every_norm=True).detach())
+    assert every == pytest.approx(want, rel=1e-5)
+    masked_only = float(gates.sparsity_loss(1e-3, 2e-3).detach())
+    assert masked_only != pytest.approx(want, rel=1e-3)  # ... and regularised only with "all"
+    for layers, expected in (("all", want), ("masked", masked_only)):
+        cb = BWCPCallback(gates, BWCPOptions(lambda1=1e-3, lambda2=2e-3, loss_layers=layers),
+                          None, "flops")  # fmt: skip
+        loss = cb.extra_loss(_Clock(0), X, X)  # type: ignore[arg-type]
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+
+
 # ------------------------------------------------------------- mask sharing
 def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> None:
     model, gates = _bwcp_model(sampling="hard_st")
@@ -147,10 +166,12 @@ def test_residual_stage_shares_one_mask_and_added_channels_stay_aligned() -> Non
         shared = masks["layer1.0.bn2"]
         off = shared == 0
         assert off.any() and (~off).any()
-        if mode == "eval":  # the paper's rule: the first two layers' masks multiplied
+        if mode == "eval":  # the paper's rule: stage 1 reuses the stem's (previous) mask
             probs = gates.probabilities()
-            lead = (probs["bn1"] > 0.5) & (probs["layer1.0.bn2"] > 0.5)
-            assert torch.equal(shared.bool(), lead)
+            assert torch.equal(shared.bool(), probs["bn1"] > 0.5)
+            # a stage started by a projection: downsample x its block's last layer
+            lead = (probs["layer2.0.downsample.1"] > 0.5) & (probs["layer2.0.bn2"] > 0.5)
+            assert torch.equal(masks["layer2.1.bn2"].bool(), lead)
         for name in ("bn1", "layer1.0", "layer1.1", "layer1.2"):
             assert float(outputs[name][:, off].abs().max()) == 0.0  # the stream is zero there
     for h in hooks:
@@ -165,7 +186,9 @@ def test_later_blocks_reuse_the_stage_mask_unless_all_layers_share() -> None:
     with torch.no_grad():
         follower.module.bias.fill_(-50.0)  # its own P -> 0: the stage mask does not care
     assert all(torch.equal(before[g], m) for g, m in gates.hard_unit_masks().items())
-    _model, every = _bwcp_model(shared_sources=0)
+    _model, first_two = _bwcp_model(stage_mask="sources", shared_sources=2)
+    assert {la.name for la in first_two.layers if la.leads} >= {"bn1", "layer1.0.bn2"}
+    _model, every = _bwcp_model(stage_mask="sources", shared_sources=0)
     assert all(layer.leads for layer in every.layers)
     with torch.no_grad():
         next(la for la in every.layers if la.name == "layer1.2.bn2").module.bias.fill_(-50.0)
@@ -414,3 +437,75 @@ def test_evaluation_during_training_recalibrates_under_hard_masks() -> None:
     assert seen and all(s == (3, True) for s in seen)
     with pytest.raises(ConfigError):
         get_method("bwcp")(recalibrate_batches=-1).run(_task())
+
+
+def test_sharpen_pushes_probabilities_to_zero_and_one_and_keeps_the_threshold() -> None:
+    from prunelab.methods.bwcp import sharpen
+
+    p = torch.linspace(0, 1, 101)
+    q = sharpen(p, 10.0)
+    assert torch.allclose(q[[0, 50, 100]], torch.tensor([0.0, 0.5, 1.0]), atol=1e-6)
+    assert bool((q[1:] >= q[:-1]).all())  # monotone: 1[P > 1/2] unchanged
+    assert bool((q[60:100] > p[60:100]).all()) and bool((q[1:40] < p[1:40]).all())
+    assert torch.equal(sharpen(p, 0.0), p)
+    _model, gates = _bwcp_model(sharpen=10.0)
+    assert gates.sharpen == 10.0
+    gates.sampling = "expected"
+    probs = gates.probabilities(leading=True)
+    assert torch.allclose(gates._sample()["layer2.0.bn1"], sharpen(probs["layer2.0.bn1"], 10.0))
+
+
+def test_partial_whitening_whitens_only_the_chosen_layers_and_still_exports() -> None:
+    model, gates = _bwcp_model(whiten_only=["layer3.*"])
+    kinds = {layer.name: type(layer.module) for layer in gates.layers}
+    assert kinds and all(
+        (k is BatchWhitening2d) == n.startswith("layer3.") for n, k in kinds.items()
+    )
+    assert any(k is nn.BatchNorm2d for k in kinds.values())  # the others stay BN, masked
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    masks = {k: v.cpu() for k, v in gates.channel_masks(gates.hard_unit_masks()).items()}
+    gates.remove()
+    pruned = fold_and_prune(model, gates.pairs, masks, X)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), ref, atol=1e-4)
+    with pytest.raises(ConfigError, match="whiten_only"):
+        BWCPOptions(whiten_only="layer3.*").validate()  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_bwcp_star_fine_tunes_the_exported_model() -> None:
+    torch.manual_seed(0)
+    opts = {"lambda1": 1e-3, "lambda2": 2e-3, "target_control": True, "control_every": 2,
+            "recalibrate_batches": 2}  # fmt: skip
+    plain = get_method("bwcp")(**opts).run(_task(target=0.5, epochs=1))
+    torch.manual_seed(0)
+    star = get_method("bwcp")(**opts, finetune_epochs=1, finetune_lr=0.01).run(
+        _task(target=0.5, epochs=1))
+    widths = [[m.out_channels for m in r.model.modules() if isinstance(m, nn.Conv2d)]
+              for r in (plain, star)]  # fmt: skip
+    assert widths[0] == widths[1]  # the same exported architecture, then fine-tuned
+    assert len(star.history) == len(plain.history) + 1 and "finetune" in star.info
+    changed = [not torch.equal(a, b) for a, b in
+               zip(plain.model.state_dict().values(), star.model.state_dict().values(),
+                   strict=True)]
+    assert any(changed)
+
+
+BWCP_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("bwcp_*.yaml"))
+
+
+@pytest.mark.parametrize("path", BWCP_CONFIGS, ids=[p.stem for p in BWCP_CONFIGS])
+def test_shipped_configs_start_every_channel_above_the_test_threshold(path) -> None:
+    cfg = build_config({}, [str(path)], [])
+    method = dict(cfg["method"])
+    assert method.pop("name") == "bwcp"
+    opts = BWCPOptions(**method)
+    opts.validate()
+    TrainConfig.from_dict(cfg["train"])
+    torch.manual_seed(0)
+    size = 64 if cfg["data"]["name"] == "imagefolder" else 32  # the model at a small size
+    model = prunelab.create(cfg["model"], num_classes=10)
+    gates = prepare(model, torch.zeros(1, 3, size, size), opts)
+    assert gates.hard_ratio("flops") > 0.9

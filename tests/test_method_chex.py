@@ -296,9 +296,13 @@ def test_surgery_preserves_eval_outputs_with_shortcut_groups_pruned():
         assert torch.allclose(pruned(x), masked, atol=1e-5)
 
 
-def test_depthwise_groups_of_mobilenet_v2():
+def test_depthwise_groups_of_mobilenet_v2_with_feature_css():
     model, graph, cb = _setup("cifar_mobilenet_v2", target=0.6, delta0=0.2)
-    Trainer(model, _data(32), _config(epochs=2, steps=1), callbacks=[cb]).fit()
+    Trainer(model, _data(64), _config(epochs=2, steps=4), callbacks=[cb]).fit()
+    assert len(cb.images_for_features) == 64  # gathered over the latest 4 batches of 16
+    assert set(cb.css_used) == {graph.groups[g].name for g in cb.groups}
+    assert cb.css_used["blocks.1.expand_conv"] == "features"  # a 1x1 expansion
+    assert list(cb.css_used.values()).count("l1") <= 1  # the pooled 1280-channel head
     x = torch.randn(4, 3, 32, 32)
     model = model.cpu().eval()
     with torch.no_grad():
@@ -381,3 +385,61 @@ def test_there_are_configs_for_every_setting():
     names = {p.stem for p in CONFIGS}
     for want in ("resnet20", "resnet56", "resnet50", "mobilenetv2", "efficientnetb0"):
         assert any(want in n for n in names), want
+
+
+# ------------------------------------------------ CSS matrices on every layer kind
+
+
+def _inverted_residual_net():
+    """A stem and one MobileNetV2 block (4 -> 24 expanded -> 8 channels), eval mode.
+
+    Expanded channels 1..23 are copies of three base channels (same expansion and
+    depthwise filters); channel 0 is its own, with the smallest weights (l1 ranks it last).
+    """
+    from torchvision.models.mobilenetv2 import InvertedResidual
+
+    torch.manual_seed(0)
+    block = InvertedResidual(4, 8, stride=2, expand_ratio=6)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(), block, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+    expand, dw = block.conv[0][0].weight.data, block.conv[1][0].weight.data
+    for c in range(1, 24):
+        base = 1 + (c - 1) % 3
+        expand[c], dw[c] = expand[base], dw[base]
+    expand[0] = 0.05 * torch.randn(4, 1, 1).abs()  # positive: passes the ReLU6
+    dw[0] = 0.05 * torch.randn(1, 3, 3).abs()
+    return net
+
+
+def test_css_on_a_mobilenet_v2_block_uses_features_and_finds_the_channel_outside_the_span():
+    from prunelab.methods import chex_features as feat
+
+    net = _inverted_residual_net()
+    x = torch.rand(16, 3, 16, 16)
+    graph = prunelab.trace(net, x[:1])
+    group = graph.group_of("3.conv.0.0")  # the 24 expanded channels
+    assert group.size == 24
+    weights = {(m.module, m.param): getattr(net.get_submodule(m.module), m.param)
+               for m in group.members}  # fmt: skip
+    # the paper's weight matrices are wide here (4 and 9 rows for 24 channels): l1
+    mats, used = feat.group_matrices("weights", group, weights, None)
+    assert used == "l1" and not any(feat.is_tall(m) for _, m in mats)
+    features = feat.capture_inputs(net, feat.consumers(group, net), x, max_rows=4096)
+    for source in ("auto", "features"):
+        mats, used = feat.group_matrices(source, group, weights, features)
+        assert used == "features" and all(feat.is_tall(m) for _, m in mats)  # no fallback
+        lev = sel.group_css_scores(mats, group.size, torch.arange(24), k=4)
+        assert int(torch.argmax(lev)) == 0  # outside the span of the others: highest
+        assert lev[0] == pytest.approx(1.0, abs=1e-6)
+        # regrow: against kept copies of the three base channels, only channel 0 adds
+        kept = torch.zeros(24, dtype=torch.bool)
+        kept[1:4] = True
+        cand = torch.nonzero(~kept).flatten()
+        eps = sel.group_orthogonality(mats, group.size, kept, cand)
+        assert eps[0] > 0 and float(eps[1:].abs().max()) < 1e-6 * float(eps[0])
+    l1 = sel.group_css_scores(feat.group_matrices("weights", group, weights, None)[0],
+                              group.size, torch.arange(24), k=4)  # fmt: skip
+    assert int(torch.argmin(l1)) == 0  # the reference's fallback ranks it last

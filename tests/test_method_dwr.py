@@ -195,10 +195,18 @@ def test_three_d_run_collects_points_and_meets_the_budget(three_d) -> None:
         assert all(p[k] == 1.0 for k in "dwr" if k != moved)
         if moved:
             assert p[moved] < 1.0
-    assert [p["blocks_kept"] for p in points[1:3]] == [5, 4]  # of 7 removable blocks
-    assert [p["pixels"] for p in points[5:7]] == [14, 11]  # 16 * (1 - n (1 - sqrt(.5)) / 2)
+    # Each dimension is collected down to where it alone costs T by the measured cost model.
+    ends = info["collection_ends"]
+    steps = {dim: [1 - n * (1 - ends[dim]) / 2 for n in (1, 2)] for dim in ends}
+    assert [p["blocks_kept"] for p in points[1:3]] == [round(v * 7) for v in steps["depth"]]
+    assert [p["pixels"] for p in points[5:7]] == [round(v * 16) for v in steps["resolution"]]
+    # Depth alone reaches 0.5 only well below d = 0.5: the stem, the downsampling blocks
+    # and the classifier do not shrink with d.
+    assert ends["depth"] < 0.47 and 0.65 < ends["width"] < 0.75
     opt = info["optimum"]
-    assert opt["d"] * opt["w"] ** 2 * opt["r"] ** 2 == pytest.approx(0.5, rel=1e-6)
+    assert opt["cost"] == pytest.approx(0.5, rel=1e-6)
+    lowest = {k: min(p[k] for p in points) for k in "dwr"}  # the optimum stays in the data
+    assert all(lowest[k] - 1e-9 <= opt[k] <= 1.0 for k in "dwr")
     assert info["collection"]["models_finetuned"] == 6
     # The engine's count of the final model at its recorded resolution meets T within 3%.
     size = result.model.prunelab_input_size

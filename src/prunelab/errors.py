@@ -18,6 +18,7 @@ class UnsupportedModelError(PrunelabError):
     """
 
     def __init__(self, what: str, where: str, why: str = "") -> None:
+        why = " ".join(why.split())  # one line: torch.fx and torch messages span several
         self.what = what
         self.where = where
         self.why = why

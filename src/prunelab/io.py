@@ -2,9 +2,14 @@
 
 A model built by `prunelab.models.create` is saved as its recipe (name and
 arguments), the names of blocks replaced by identity, and its state dict.
+`prunelab_input_size` (the size it runs at) and `prunelab_resolution` (an
+input side length a method chose, e.g. DWR's resolution pruning) travel in
+its metadata.
 Loading rebuilds the dense model, resizes every layer to the saved tensor
 shapes and loads the weights; it needs nothing but the file, and reads it with
-`torch.load(weights_only=True)`, so a file cannot run code. A model of any
+`torch.load(weights_only=True)`, so a file cannot run code, after checking the
+CRC-32 of every record in the archive, so a damaged file is an error, never
+garbage weights. A model of any
 other class is saved pickled whole; loading such a file needs its class to
 be importable and the file to be trusted.
 """
@@ -15,6 +20,8 @@ import io
 import os
 import pickle
 import zipfile
+import zlib
+from collections import OrderedDict
 from typing import Any
 
 import torch
@@ -37,6 +44,9 @@ def save(
     input_size = getattr(model, "prunelab_input_size", None)
     if input_size is not None:
         meta.setdefault("input_size", list(input_size))
+    resolution = getattr(model, "prunelab_resolution", None)
+    if resolution is not None:  # chosen by a method: every input is resized to it
+        meta.setdefault("resolution", int(resolution))
     payload: dict[str, Any] = {"format": FORMAT, "version": VERSION, "meta": meta}
     if arch is not None:
         payload["kind"] = "recipe"
@@ -44,7 +54,10 @@ def save(
         payload["identity"] = [
             name for name, m in model.named_modules() if name and isinstance(m, nn.Identity)
         ]
-        payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        state = model.state_dict()
+        payload["state_dict"] = {k: v.detach().cpu() for k, v in state.items()}
+        # per-module format versions (mnasnet's load_state_dict refuses a state without them)
+        payload["state_versions"] = dict(getattr(state, "_metadata", {}))
     else:
         payload["kind"] = "pickle"
         buf = io.BytesIO()
@@ -67,7 +80,7 @@ def load(
         for name in payload.get("identity", []):
             if not isinstance(model.get_submodule(name), nn.Identity):
                 model.set_submodule(name, nn.Identity())
-        state = payload["state_dict"]
+        state = _with_versions(payload, model)
         resize_to(model, {k: v.shape for k, v in state.items()})
         try:
             model.load_state_dict(state, strict=True)
@@ -88,6 +101,8 @@ def load(
     model.prunelab_meta = meta
     if "input_size" in meta:
         model.prunelab_input_size = tuple(meta["input_size"])
+    if meta.get("resolution") is not None:
+        model.prunelab_resolution = int(meta["resolution"])
     return model.to(map_location).eval()
 
 
@@ -96,13 +111,30 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(_read(path, "cpu").get("meta", {}))
 
 
+def _with_versions(payload: dict[str, Any], model: nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """The saved state dict with its per-module versions (files before they were saved:
+    the rebuilt model's own, which is what the same code wrote)."""
+    state = OrderedDict(payload["state_dict"])
+    versions = payload.get("state_versions")
+    if versions is None:
+        versions = getattr(model.state_dict(), "_metadata", {})
+    state._metadata = OrderedDict(versions)  # type: ignore[attr-defined]
+    return state
+
+
 def _read(path: str | os.PathLike[str], map_location: str | torch.device) -> dict[str, Any]:
     if not os.path.exists(path):
         raise CorruptFileError(f"no model file at {path}")
+    if os.path.isdir(path):
+        raise CorruptFileError(f"{path} is a folder, not a model file (e.g. {path}/model.pt)")
+    _check_archive(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        raise CorruptFileError(f"{path} is not a readable prunelab model file: {exc}") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CorruptFileError(f"{path} is not a readable prunelab model file: {reason}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CorruptFileError(f"{path} is not a prunelab model file (no '{FORMAT}' header)")
     if payload.get("version", 0) > VERSION:
@@ -110,3 +142,20 @@ def _read(path: str | os.PathLike[str], map_location: str | torch.device) -> dic
             f"{path} was written by a newer prunelab (format version {payload['version']})"
         )
     return payload
+
+
+def _check_archive(path: str | os.PathLike[str]) -> None:
+    """Verify the CRC-32 of every record: torch.load alone reads damaged bytes as weights."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except OSError as exc:
+        raise CorruptFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, NotImplementedError,
+            KeyError, IndexError, OverflowError) as exc:  # a damaged zip index, header or record
+        raise CorruptFileError(f"{path} is not a readable prunelab model file "
+                               f"(damaged or not a torch archive: {exc})") from exc
+    if bad is not None:
+        raise CorruptFileError(
+            f"{path} is damaged: record {bad!r} fails its CRC-32 checksum (re-save or re-copy it)"
+        )

@@ -89,12 +89,17 @@ class LatencySpec:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(config) - set(known))
         if unknown:
-            raise ConfigError(f"unknown latency key(s) {unknown}; known: {known}")
-        spec = cls(**{k: (str(v) if k in ("runtime", "layout") else int(v))
-                      for k, v in config.items()})  # fmt: skip
+            raise ConfigError(f"unknown latency option(s) {unknown}; known: {known}")
+        for k, v in config.items():
+            text = k in ("runtime", "layout")
+            if not isinstance(v, str if text else int) or isinstance(v, bool):
+                kind = "a name" if text else "a whole number"
+                raise ConfigError(f"latency.{k}={v!r} must be {kind}")
+        spec = cls(**config)
         for name in ("batch", "threads", "repeats", "layer_repeats"):
-            if getattr(spec, name) < 1:
-                raise ConfigError(f"latency.{name} must be at least 1, got {getattr(spec, name)}")
+            value = getattr(spec, name)
+            if value < 1:
+                raise ConfigError(f"latency.{name}={value} must be a whole number >= 1")
         if spec.runtime not in RUNTIMES:
             raise ConfigError(
                 f"latency.runtime must be one of {list(RUNTIMES)}, got {spec.runtime!r}"

@@ -8,24 +8,28 @@ from pathlib import Path
 import torch
 
 from prunelab import io, models
-from prunelab.cli.setup import apply_resolution, checkpoint_path, make_data
+from prunelab.cli.config import check_config
+from prunelab.cli.setup import apply_resolution, check_writable, checkpoint_path, make_data
 from prunelab.methods import list_methods
-from prunelab.methods.finetune import accuracy
 from prunelab.metrics import count
 from prunelab.report import compare_runs, format_table, measure
 from prunelab.runtimes import check_runtime
+from prunelab.train.tasks import evaluate_model, metric_label, task_for
 
 
 def run_eval(model_path: str, config: dict) -> dict[str, float]:
-    """Top-1, FLOPs and params of a saved model on a data set's test split."""
+    """The task's metrics (top-1 for classification), FLOPs and params on a test split."""
+    check_config(config)
     model = io.load(checkpoint_path(model_path))
     data = make_data(config)
-    apply_resolution(model, data)
-    top1 = accuracy(model, data.test)
+    apply_resolution(model, data, config)
+    task = task_for(data)
+    metrics = evaluate_model(model, data.test, task)
     cost = count(model, torch.zeros(1, *data.effective_input_size))
-    res = data.effective_input_size
-    print(f"{model_path}: top-1 {top1:.2f}% on {data.name} test ({res[1]}x{res[2]}), {cost}")
-    return {"top1": top1, "flops": cost.flops, "params": cost.params}
+    size = "x".join(str(s) for s in data.effective_input_size[1:])
+    shown = ", ".join(f"{metric_label(k)} {metrics[k]:.2f}%" for k in task.metrics if k != "loss")
+    print(f"{model_path}: {shown} on {data.name} test ({size}), {cost}")
+    return {**{k: metrics[k] for k in task.metrics}, "flops": cost.flops, "params": cost.params}
 
 
 def run_bench(
@@ -38,7 +42,7 @@ def run_bench(
     inputs = {k: torch.zeros(1, *getattr(m, "prunelab_input_size", (3, 32, 32)))
               for k, m in loaded.items()}  # fmt: skip
     rows = measure(loaded, inputs, {k: None for k in loaded}, batch, threads, repeats, runtime)
-    table = format_table(rows, batch, threads, runtime)
+    table = format_table(rows, batch, threads, runtime=runtime)
     print(table)
     return table
 
@@ -58,6 +62,7 @@ def run_export(
 
 
 def run_report(runs: list[str], out: str) -> None:
+    check_writable(Path(out), "--out")
     table, image = compare_runs(runs, Path(out))
     print(table)
     print(f"\nwritten: {Path(out) / 'report.md'}, {image}")
@@ -65,8 +70,8 @@ def run_report(runs: list[str], out: str) -> None:
 
 def run_models() -> None:
     for name in models.list_models():
-        c, h, w = models.default_input_size(name)
-        print(f"{name:28s} {c}x{h}x{w}  {models.default_num_classes(name)} classes")
+        size = "x".join(str(s) for s in models.default_input_size(name))
+        print(f"{name:28s} {size}  {models.default_num_classes(name)} classes")
 
 
 def run_methods() -> None:

@@ -1,8 +1,9 @@
-"""The `prunelab` command line: train, prune, eval, bench, export, report, models, methods."""
+"""The `prunelab` command line: train, prune, compare, eval, bench, export, report, models."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from prunelab.cli.config import DEMO, TRAIN_DEFAULTS, build_config
@@ -10,10 +11,11 @@ from prunelab.errors import ConfigError, PrunelabError
 
 EPILOG = """examples:
   prunelab prune                                   # the offline demo (ResNet-20, CIFAR-10 JPEG)
-  prunelab prune configs/random_cifar.yaml target=0.4 train.epochs=10
+  prunelab prune configs/random_resnet20_cifar10.yaml target=0.4 train.epochs=10
   prunelab train model=resnet56 train.epochs=30
   torchrun --nproc_per_node 2 -m prunelab train model=resnet20
   prunelab eval runs/prune-*/model.pt data.name=cifar10_jpg
+  prunelab compare configs/compare/posttrain_resnet20_cifar10.yaml --arms uniform-l1-r8
   prunelab report runs/prune-a runs/prune-b
 FLOPs are multiply-accumulates (MACs), as in the pruning papers."""
 
@@ -42,6 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=8)
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--repeats", type=int, default=20)
+    c = sub.add_parser("compare", help="run arms at one budget and write a leaderboard")
+    c.add_argument("config", help="a compare configuration (configs/compare/*.yaml)")
+    c.add_argument("settings", nargs="*", help="key=value overrides, e.g. base.train.threads=1")
+    c.add_argument("--arms", help="comma-separated arms to run (default: all)")
+    c.add_argument("--seeds", help="comma-separated seeds, replacing the config's")
+    c.add_argument("--run-dir", help="the compare folder (default runs/compare-<name>)")
+    c.add_argument("--report-only", action="store_true",
+                   help="run nothing; rewrite the leaderboard from the finished arms")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
     b.add_argument("--runtime", choices=("torch", "onnxruntime", "openvino"), default="torch",
                    help="where to time them (onnxruntime, openvino: pip install prunelab[deploy])")
     x = sub.add_parser("export", help="write a saved model as ONNX or TorchScript, checked")
@@ -76,11 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except PrunelabError as exc:
-        print(f"prunelab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except BrokenPipeError:  # `prunelab models | head`: the reader left, as with SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        return _fail(args.command, f"{exc.filename}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         print(f"prunelab {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(command: str, message: str) -> int:
+    """One line on stderr (multi-line messages, e.g. from torch.fx, are joined) and exit 2."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"prunelab {command}: error: {text}", file=sys.stderr)
+    return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -104,9 +128,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             from prunelab.cli.train_cmd import run_train
 
             if args.resume:
-                config.setdefault("train", {})["resume"] = True
                 if not config.get("run_dir"):
                     raise ConfigError("--resume needs --run-dir (the folder of the run)")
+                config["train"] = {**(config.get("train") or {}), "resume": True}
             run_train(config)
     elif args.command == "eval":
         _, overrides = _split(args.settings)
@@ -114,6 +138,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.run_eval(args.model, config)
     elif args.command == "bench":
         commands.run_bench(args.models, args.batch, args.threads, args.repeats, args.runtime)
+    elif args.command == "compare":
+        return _compare(args)
     elif args.command == "export":
         commands.run_export(args.model, args.format, args.fold_bn, args.opset, args.out)
     elif args.command == "report":
@@ -122,4 +148,30 @@ def _dispatch(args: argparse.Namespace) -> int:
         commands.run_models()
     elif args.command == "methods":
         commands.run_methods()
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from prunelab.cli.compare_cmd import run_compare
+
+    def listed(text: str | None, what: str) -> list[str] | None:
+        if text is None:
+            return None
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise ConfigError(f"--{what} needs a comma-separated list")
+        return items
+
+    seeds = listed(args.seeds, "seeds")
+    try:
+        seed_values = None if seeds is None else [int(s) for s in seeds]
+    except ValueError:
+        raise ConfigError(f"--seeds must be whole numbers, got {args.seeds!r}") from None
+    _, off = run_compare(args.config, args.settings, listed(args.arms, "arms"), seed_values,
+                         quiet=args.quiet, run_dir=args.run_dir,
+                         report_only=args.report_only)  # fmt: skip
+    if off:
+        print(f"prunelab compare: error: arm(s) {', '.join(off)} missed the cost target by more "
+              "than the budget tolerance (see leaderboard.md)", file=sys.stderr)
+        return 2
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +13,23 @@ import torch
 
 from prunelab import io
 from prunelab.atomic import atomic_write_text
-from prunelab.cli.config import dump
+from prunelab.cli.config import LATENCY, dump
 from prunelab.cli.setup import (
     apply_resolution,
+    check_inputs,
+    check_writable,
     checkpoint_path,
     make_data,
+    make_method,
     make_model,
     run_dir,
     say,
+    train_config,
 )
 from prunelab.errors import ConfigError
 from prunelab.latency_table import LatencySpec
-from prunelab.methods import PruneTask, get_method
-from prunelab.methods.finetune import accuracy
+from prunelab.methods import PruneTask
+from prunelab.methods.finetune import headline
 from prunelab.report import (
     SUMMARY_NAME,
     format_table,
@@ -33,7 +38,8 @@ from prunelab.report import (
     plots,
     write_run_report,
 )
-from prunelab.train import MetricsLog, TrainConfig
+from prunelab.train import MetricsLog, seed_everything
+from prunelab.train.tasks import metric_label
 
 
 def run_prune(config: dict[str, Any]) -> dict[str, Any]:
@@ -42,24 +48,18 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("average"):
         raise ConfigError("average (weight averaging) applies to `prunelab train`, not to prune; "
                           "a method's fine-tuning keeps its last weights")
-    method_cfg = dict(config.get("method") or {})
-    name = method_cfg.pop("name", None)
-    if not name:
-        raise ConfigError("config method.name is missing (see `prunelab methods`)")
-    method = get_method(name)(**method_cfg)
+    check_inputs(config)
+    name, method = make_method(config)
     target = float(config.get("target", 0.5))
     metric = str(config.get("metric", "flops"))
-    if metric not in ("flops", "params", "latency"):
-        raise ConfigError(f"metric must be 'flops', 'params' or 'latency', got {metric!r}")
-    lat = {"batch": 8, "threads": 2, "repeats": 20, **(config.get("latency") or {})}
-    spec = LatencySpec.from_config(lat)  # unknown keys fail here, before any work
-    train = TrainConfig.from_dict(
-        {"quiet": bool(config.get("quiet")), **(config.get("train") or {})}
-    )
+    # the latency budget's and the report's timing settings (keys checked by check_inputs)
+    spec = LatencySpec.from_config({**LATENCY, **(config.get("latency") or {})})
     out = run_dir(config, "prune")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump(config))
+    check_writable(out)
+    # run_dir lets `train.resume` validate; each training of the method gets its own subfolder
+    train = train_config(config, {"quiet": bool(config.get("quiet"))}, {"run_dir": str(out)})
 
+    seed_everything(int(config.get("seed", 0)))  # before anything random: the model's init
     say(config, f"data {config['data'].get('name')}")
     data = make_data(config)
     dense = make_model(config, data).eval()
@@ -69,23 +69,26 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if not config.get("checkpoint") and config.get("reference"):
         # Training from scratch: compare with a trained dense model of the same architecture.
         dense = io.load(checkpoint_path(str(config["reference"]))).eval()
+    out.mkdir(parents=True, exist_ok=True)  # the run starts: everything it needs was found
+    atomic_write_text(out / "config.yaml", dump(config))
     dense_input = torch.zeros(1, *data.effective_input_size)
     dense_top1 = None
     if config.get("checkpoint") or config.get("reference"):
         say(config, "evaluating the dense model")
-        dense_top1 = accuracy(dense, data.test)
+        dense_top1 = headline(dense, data)[1]
     say(config, f"pruning with {name} to {target:.0%} of the baseline {metric} -> {out}")
     task = PruneTask(
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
-        latency=lat,
+        teacher=dense if dense_top1 is not None else None,
+        latency=asdict(spec),
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
-    apply_resolution(pruned, data)
+    apply_resolution(pruned, data, config)
     pruned_input = torch.zeros(1, *data.effective_input_size)
     say(config, "evaluating the pruned model")
-    pruned_top1 = accuracy(pruned, data.test)
+    metric_name, pruned_top1 = headline(pruned, data)
 
     say(config, f"timing both models (batch {spec.batch}, {spec.threads} threads, {spec.runtime})")
     rows = measure(
@@ -94,7 +97,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         {"dense": dense_top1, "pruned": pruned_top1},
         batch=spec.batch, threads=spec.threads, repeats=spec.repeats, runtime=spec.runtime,
     )  # fmt: skip
-    table = format_table(rows, spec.batch, spec.threads, spec.runtime)
+    table = format_table(rows, spec.batch, spec.threads, metric_label(metric_name), spec.runtime)
     io.save(
         pruned,
         out / "model.pt",
@@ -107,9 +110,11 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         "method": name,
         "target": target,
         "metric": metric,
+        "task_metric": metric_name,
         "rows": [r.to_dict() for r in rows],
         "info": _plain(result.info),
         "seconds": time.perf_counter() - start,
+        "training_epochs": method.training_epochs(train),
         "model_file": "model.pt",
         "config": config,
     }

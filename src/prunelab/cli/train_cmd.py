@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,35 +12,47 @@ import torch
 
 from prunelab import io
 from prunelab.atomic import atomic_write_text
-from prunelab.cli.config import dump
-from prunelab.cli.setup import make_data, make_model, run_dir, say
+from prunelab.cli.config import dump, typed
+from prunelab.cli.setup import (
+    check_inputs,
+    check_writable,
+    make_data,
+    make_model,
+    run_dir,
+    say,
+    train_config,
+)
 from prunelab.errors import ConfigError
 from prunelab.metrics import count
 from prunelab.report import SUMMARY_NAME, ModelStats, format_table, plots, write_run_report
-from prunelab.train import TrainConfig, Trainer, WeightAveraging
+from prunelab.train import CHECKPOINT_NAME, Trainer, WeightAveraging, seed_everything
 from prunelab.train import distributed as D
+from prunelab.train.tasks import metric_label
 
 
 def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     """Train per `config`; rank 0 writes model.pt, summary.json and report.md."""
     start = time.perf_counter()
+    check_inputs(config)
     ctx = D.init_distributed()
     out = Path(D.broadcast_object(str(run_dir(config, "train")) if ctx.is_main else None))
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump(config))
+    defaults = {"quiet": bool(config.get("quiet")), "seed": config.get("seed", 0)}
+    train = train_config(config, defaults, {"run_dir": str(out)})
+    average = make_average(config, train.epochs)
+    check_writable(out)
+    if train.resume:
+        check_resumable(out)
+    seed_everything(train.seed)  # before anything random: the model's initial weights
     data = make_data(config)
     model = make_model(config, data)
-    train = TrainConfig.from_dict(
-        {"quiet": bool(config.get("quiet")), "seed": int(config.get("seed", 0)),
-         **(config.get("train") or {}), "run_dir": str(out)}
-    )  # fmt: skip
+    if ctx.is_main:  # the run starts: everything it needs was found
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump(config))
     say(config, f"training {config.get('model')} on {data.name} for {train.epochs} epochs -> {out}")
-    average = make_average(config, train.epochs)
     trainer = Trainer(model, data, train, [average] if average else [])
     try:
         final = trainer.fit()
-        label, top1, info = "trained", final.get("top1"), {"final": final}
+        label, top1, info = "trained", final.get(trainer.task.headline), {"final": final}
         if average is not None:  # the saved model is the average; the last step's is reported
             average.apply_to(trainer.model)
             label, top1 = f"trained ({average.name})", average.final_top1(trainer)
@@ -55,7 +68,8 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     if average is not None:
         say(
             config,
-            f"weights of the last step: top-1 {final.get('top1'):.2f}%; "
+            f"weights of the last step: {trainer.task.headline} "
+            f"{final.get(trainer.task.headline):.2f}%; "
             f"saving their average {average.name}: {top1:.2f}%",
         )
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu().eval()
@@ -75,12 +89,22 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     if curve is not None:
         images.append(curve)
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1, default=str))
-    table = format_table([row], 1, torch.get_num_threads())
+    table = format_table([row], 1, torch.get_num_threads(), metric_label(trainer.task.headline))
     write_run_report(out, summary, table, images)
     if not config.get("quiet"):
         print(table)
         print(f"\nrun folder: {out}")
     return summary
+
+
+def check_resumable(out: Path) -> None:
+    """`--resume` continues a run: its folder and checkpoint must be there."""
+    if not out.is_dir():
+        raise ConfigError(f"--resume: there is no run folder {out} to continue "
+                          "(drop --resume to start a new run there)")  # fmt: skip
+    if not (out / CHECKPOINT_NAME).is_file():
+        raise ConfigError(f"--resume: {out} holds no {CHECKPOINT_NAME} to continue from "
+                          "(drop --resume to start the run again from scratch)")  # fmt: skip
 
 
 def make_average(config: dict[str, Any], epochs: int) -> WeightAveraging | None:
@@ -92,7 +116,8 @@ def make_average(config: dict[str, Any], epochs: int) -> WeightAveraging | None:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ConfigError(f"unknown average option(s) {unknown}; known: {sorted(known)}")
-    average = WeightAveraging(**options)
+    average = WeightAveraging(**typed(options, typing.get_type_hints(WeightAveraging.__init__),
+                                      "average"))  # fmt: skip
     if average.start_epoch >= epochs:
         raise ConfigError(
             f"average.start_epoch={average.start_epoch} is not before the end "

@@ -13,21 +13,24 @@ from prunelab.criteria.registry import register_criterion
 from prunelab.graph.groups import Group
 
 
-def _norm_score(model: nn.Module, group: Group, p: int) -> torch.Tensor:
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for m in producer_filters(group):
-        rows = slices(model, m)
-        total += to_units(group, m, rows.norm(p=p, dim=1) ** p)
-    return total ** (1.0 / p)
-
-
 @register_criterion("l1")
 def l1(model: nn.Module, group: Group, stats: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Sum of |w| over every filter producing the unit (Li et al., 2017)."""
-    return _norm_score(model, group, 1)
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for m in producer_filters(group):
+        total += to_units(group, m, slices(model, m).abs().sum(dim=1))
+    return total
 
 
 @register_criterion("l2")
 def l2(model: nn.Module, group: Group, stats: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """L2 norm of all filter weights producing the unit."""
-    return _norm_score(model, group, 2)
+    """Sum over the producing layers of each layer's filter L2 norm.
+
+    In a coupled group (a residual stage) a unit is produced by several
+    layers; as the random-pruning supplement, their norms are added, not
+    pooled into one norm of all their weights.
+    """
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for m in producer_filters(group):
+        total += to_units(group, m, slices(model, m).pow(2).sum(dim=1)).sqrt()
+    return total

@@ -3,7 +3,9 @@
 Names: `synthetic` (tiny, deterministic, for tests and demos), `cifar10_jpg`
 (the JPEG archive in $PRUNELAB_DATA, decoded once and cached in
 $PRUNELAB_CACHE), `cifar10` / `cifar100` (torchvision's pickled batches),
-`imagefolder` (any `train/<class>/`, `val/<class>/` tree, streamed).
+`imagefolder` (any `train/<class>/`, `val/<class>/` tree, streamed);
+point clouds: `modelnet10` (the PCD archive) and `pointfolder` (any folder
+or archive of `<class>/<split>/*.pcd`).
 """
 
 from prunelab.data.archive import (
@@ -27,6 +29,14 @@ from prunelab.data.augment import (
 from prunelab.data.cifar import load_cifar_pickled
 from prunelab.data.folder import FolderLoader, ShardSampler, imagenet_transforms
 from prunelab.data.loader import TensorLoader, shard_positions
+from prunelab.data.pcd import normalize_cloud, parse_pcd
+from prunelab.data.point_loader import PointAugment, PointCloudLoader
+from prunelab.data.pointcloud import (  # registers modelnet10 and pointfolder
+    MODELNET10_SHA256,
+    PointArrays,
+    PointCloudBundle,
+    load_point_clouds,
+)
 from prunelab.data.registry import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -52,10 +62,15 @@ __all__ = [
     "CIFAR100_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MODELNET10_SHA256",
     "DataBundle",
     "FolderLoader",
     "ImageArrays",
     "Loader",
+    "PointArrays",
+    "PointAugment",
+    "PointCloudBundle",
+    "PointCloudLoader",
     "ShardSampler",
     "TensorLoader",
     "available_data",
@@ -71,9 +86,12 @@ __all__ = [
     "load_cifar10_jpg",
     "load_cifar_pickled",
     "load_image_archive",
+    "load_point_clouds",
     "make_synthetic",
     "norm_constants",
     "normalize",
+    "normalize_cloud",
+    "parse_pcd",
     "register_data",
     "resize",
     "sha256_file",

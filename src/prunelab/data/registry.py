@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -152,6 +153,22 @@ def available_data() -> list[str]:
     return sorted(_BUILDERS)
 
 
+def data_options(name: str) -> dict[str, Any]:
+    """The options of data set `name` beyond the common ones, with their type hints."""
+    if name not in _BUILDERS:
+        raise UnknownNameError("data set", name, list(_BUILDERS))
+    builder = _BUILDERS[name]
+    hints = typing.get_type_hints(builder)
+    return {k: hints.get(k, Any) for k, p in inspect.signature(builder).parameters.items()
+            if k not in _COMMON and p.kind is p.KEYWORD_ONLY}  # fmt: skip
+
+
+def common_data_options() -> dict[str, Any]:
+    """The options every data set takes (build_data's keywords), with their type hints."""
+    hints = typing.get_type_hints(build_data)
+    return {k: hints[k] for k in _COMMON}
+
+
 def split_holdout(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic (train indices, hold-out indices) partition of range(n), both sorted."""
     if holdout < 0 or holdout >= n:
@@ -200,14 +217,12 @@ def build_data(
     `sha256`/`cache_dir` for cifar10_jpg) are passed through; unknown ones
     raise ConfigError.
     """
-    if name not in _BUILDERS:
-        raise UnknownNameError("data set", name, list(_BUILDERS))
-    builder = _BUILDERS[name]
-    params = inspect.signature(builder).parameters
-    unknown = sorted(k for k in options if k not in params or k in _COMMON)
+    own = data_options(name)
+    unknown = sorted(k for k in options if k not in own)
     if unknown:
-        allowed = sorted(k for k in params if k not in _COMMON)
-        raise ConfigError(f"data set {name!r} has no option(s) {unknown}; its options: {allowed}")
+        raise ConfigError(f"data set {name!r} has no option(s) {unknown}; its options: "
+                          f"{sorted(own)}; common options: {list(_COMMON)}")
+    builder = _BUILDERS[name]
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     common = {

@@ -85,12 +85,17 @@ class ChannelAnalysis(OpRules):
             self.pin(v.ids, f"{why} at {_where(node)}")
         shape = _shape(node)
         if shape is not None and len(shape) >= 2:
-            self.values[node] = _Value(self.fresh(shape[1]), 1, shape)
+            # A shape-keeping op (a LayerNorm over a permuted tensor) keeps its input's
+            # channel axis, so later ops still find the channels where they are.
+            inputs = self.tracked_inputs(node)
+            same = inputs and inputs[0].shape == shape and inputs[0].split is None
+            axis = inputs[0].axis if same else 1
+            self.values[node] = _Value(self.fresh(shape[axis]), axis, shape)
             self.pin(self.values[node].ids, f"{why} at {_where(node)}")
 
     def passthrough(self, node: fx.Node, v: _Value) -> None:
         shape = _shape(node) or v.shape
-        self.values[node] = _Value(v.ids, v.axis, shape)
+        self.values[node] = _Value(v.ids, v.axis, shape, v.split)
 
     # -- groups -----------------------------------------------------------
     def build(self, param_shapes: dict[tuple[str, str], tuple[int, ...]]) -> list[Group]:

@@ -24,6 +24,8 @@ from prunelab.graph.op_tables import (
     _BINARY_METHODS,
     _CAT_FUNCTIONS,
     _CHANNEL_MIXING_NORMS,
+    _GATHER_FUNCTIONS,
+    _INDEX_FUNCTIONS,
     _PASS_FUNCTIONS,
     _PASS_METHODS,
     _PASS_MODULES,
@@ -32,9 +34,35 @@ from prunelab.graph.op_tables import (
     _SHAPE_METHODS,
     _SPLIT_FUNCTIONS,
     _SPLIT_METHODS,
+    _SPLIT_SAFE_FUNCTIONS,
+    _SPLIT_SAFE_METHODS,
     _VIEW_METHODS,
+    FrozenBatchNorm2d,
 )
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
+
+_TRUSTED_PACKAGES = ("torch.", "torchvision.")
+
+
+def _overridden_base(mod: nn.Module) -> type | None:
+    """The torch layer `mod` subclasses, if a class outside torch replaces its forward.
+
+    A user's subclass of Conv2d that standardises its weight in forward (timm's
+    StdConv2d) computes something else than Conv2d: reading it as a Conv2d would
+    prune it into a silently different model.
+    """
+    cls = type(mod)
+    if cls.__module__.startswith(_TRUSTED_PACKAGES):
+        return None
+    for base in cls.__mro__[1:]:
+        if base.__module__.startswith(_TRUSTED_PACKAGES) and base is not nn.Module:
+            return base if cls.forward is not base.forward else None
+    return None
+
+
+def _literal(shape_args: Sequence[object], dim: int) -> bool:
+    """True if a view's size at `dim` is a hard-coded number (not -1, not traced)."""
+    return len(shape_args) > dim and isinstance(shape_args[dim], int) and shape_args[dim] != -1
 
 
 class OpRules:
@@ -78,11 +106,21 @@ class OpRules:
         mod = self.root.get_submodule(name)
         inputs = self.tracked_inputs(node)
         x = inputs[0] if inputs else None
+        base = _overridden_base(mod)
+        if base is not None:
+            raise UnsupportedModelError(
+                type(mod).__name__,
+                name,
+                f"subclasses {base.__name__} with its own forward, so its channels cannot be "
+                "read off the base layer; leave it out of leaves= so the tracer follows it",
+            )
+        if x is not None and x.split is not None:
+            raise self.unsupported(node, "its input's channels are split across two axes")
         if isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed:
             self.visit_conv(node, name, mod, x)
         elif isinstance(mod, nn.Linear):
             self.visit_linear(node, name, mod, x)
-        elif isinstance(mod, nn.modules.batchnorm._NormBase):
+        elif isinstance(mod, (nn.modules.batchnorm._NormBase, FrozenBatchNorm2d)):
             self.visit_batchnorm(node, name, mod, x)
         elif isinstance(mod, _CHANNEL_MIXING_NORMS):
             self.opaque(node, f"{type(mod).__name__} normalises across channels")
@@ -163,7 +201,7 @@ class OpRules:
         self.values[node] = _Value(out_ids, len(out_shape) - 1, out_shape)
 
     def visit_batchnorm(
-        self, node: fx.Node, name: str, mod: nn.modules.batchnorm._NormBase, x: _Value | None
+        self, node: fx.Node, name: str, mod: nn.Module, x: _Value | None
     ) -> None:
         if x is None or x.axis != 1:
             raise self.unsupported(node, "batch norm input has no channel axis at dim 1")
@@ -194,6 +232,8 @@ class OpRules:
     def visit_function(self, node: fx.Node) -> None:
         t = node.target
         inputs = self.tracked_inputs(node)
+        if any(v.split for v in inputs) and t not in _SPLIT_SAFE_FUNCTIONS:
+            raise self.unsupported(node, "its input's channels are split across two axes")
         if t in _BINARY_FUNCTIONS:
             self.binary(node)
         elif t in _CAT_FUNCTIONS:
@@ -221,6 +261,13 @@ class OpRules:
             return  # shape queries
         elif t in (F.normalize, F.group_norm, F.layer_norm, F.local_response_norm):
             self.opaque(node, f"{getattr(t, '__name__', t)} mixes channels")
+        elif t in _INDEX_FUNCTIONS:
+            return  # indices: no channel axis, nothing to track
+        elif t in _GATHER_FUNCTIONS:
+            x = self.tracked(node.args[0])
+            if x is None or x.axis != 1:
+                raise self.unsupported(node, "gathers from a tensor without channels at dim 1")
+            self.passthrough(node, x)
         elif t in _PASS_FUNCTIONS:
             if inputs:
                 self.passthrough(node, inputs[0])
@@ -237,6 +284,8 @@ class OpRules:
         if name in _SHAPE_METHODS:
             return
         x = self.tracked(node.args[0]) if node.args else None
+        if any(v.split for v in inputs) and name not in _SPLIT_SAFE_METHODS:
+            raise self.unsupported(node, "its input's channels are split across two axes")
         if name in _BINARY_METHODS:
             self.binary(node)
         elif x is None:
@@ -360,7 +409,11 @@ class OpRules:
         assert out is not None
         start_i = int(start) % x.ndim  # type: ignore[call-overload]
         end_i = int(end) % x.ndim  # type: ignore[call-overload]
-        if x.axis < start_i:
+        if x.split is not None:
+            if (start_i, end_i) != (x.axis, x.axis + 1):
+                raise self.unsupported(node, "flatten regroups channels split across two axes")
+            self.values[node] = _Value(x.ids, x.axis, out)
+        elif x.axis < start_i:
             self.values[node] = _Value(x.ids, x.axis, out)
         elif x.axis > end_i:
             self.values[node] = _Value(x.ids, x.axis - (end_i - start_i), out)
@@ -376,8 +429,12 @@ class OpRules:
         if len(shape_args) == 1 and isinstance(shape_args[0], (list, tuple)):
             shape_args = shape_args[0]
         a, c = x.axis, len(x.ids)
-        literal = len(shape_args) > a and isinstance(shape_args[a], int) and shape_args[a] != -1
-        if (
+        literal = _literal(shape_args, a)
+        if x.split is not None:
+            self.merge_view(node, x, literal)
+        elif self.split_view(node, x, shape_args):
+            return
+        elif (
             len(out) > a
             and tuple(out[:a]) == x.shape[:a]
             and out[a] == c
@@ -397,6 +454,49 @@ class OpRules:
             raise self.unsupported(
                 node, f"reshape {x.shape} -> {out} changes the channel axis (a channel shuffle?)"
             )
+
+    def split_view(self, node: fx.Node, x: _Value, shape_args: Sequence[object]) -> bool:
+        """A view splitting the channel axis in two, one factor a literal (a channel shuffle).
+
+        Pruning keeps such a view valid only if every block along the literal factor
+        loses the same positions, so those positions are tied into one unit.
+        """
+        out = _shape(node)
+        a = x.axis
+        if (
+            out is None
+            or len(out) != x.ndim + 1
+            or len(shape_args) != len(out)
+            or tuple(out[:a]) != x.shape[:a]
+            or tuple(out[a + 2 :]) != x.shape[a + 1 :]
+            or out[a] * out[a + 1] != len(x.ids)
+            or _literal(shape_args, a) == _literal(shape_args, a + 1)
+        ):
+            return False
+        fixed = 0 if _literal(shape_args, a) else 1
+        grid = x.ids.reshape(out[a], out[a + 1])
+        blocks = grid if fixed == 0 else grid.T
+        for k in range(1, len(blocks)):
+            self.tie(blocks[0], blocks[k])
+        self.values[node] = _Value(x.ids, a, out, (out[a], out[a + 1], fixed))
+        return True
+
+    def merge_view(self, node: fx.Node, x: _Value, literal: bool) -> None:
+        """A view joining the two axes of split channels back into one."""
+        out = _shape(node)
+        assert out is not None and x.split is not None
+        a = x.axis
+        if not (
+            len(out) == x.ndim - 1
+            and tuple(out[:a]) == x.shape[:a]
+            and out[a] == len(x.ids)
+            and tuple(out[a + 1 :]) == x.shape[a + 2 :]
+        ):
+            raise self.unsupported(node, f"reshape {x.shape} -> {out} regroups split channels")
+        if literal:
+            self.opaque(node, "view with a hard-coded channel count")
+        else:
+            self.values[node] = _Value(x.ids, a, out)
 
     def reduce(self, node: fx.Node, x: _Value) -> None:
         out = _shape(node)
@@ -420,11 +520,23 @@ class OpRules:
             if node.op == "call_method" and len(dims) == 1 and isinstance(dims[0], (list, tuple)):
                 dims = dims[0]
             order = [int(d) % x.ndim for d in dims]  # type: ignore[union-attr]
-            axis = order.index(x.axis)
         else:
             d0, d1 = (int(d) % x.ndim for d in node.args[1:3])  # type: ignore[call-overload]
-            axis = d1 if x.axis == d0 else d0 if x.axis == d1 else x.axis
-        self.values[node] = _Value(x.ids, axis, out)
+            order = list(range(x.ndim))
+            order[d0], order[d1] = d1, d0
+        axis = order.index(x.axis)
+        if x.split is None:
+            self.values[node] = _Value(x.ids, axis, out)
+            return
+        second = order.index(x.axis + 1)
+        n0, n1, fixed = x.split
+        if second == axis + 1:
+            self.values[node] = _Value(x.ids, axis, out, x.split)
+        elif second == axis - 1:  # the two factors swap: the channel order is transposed
+            ids = x.ids.reshape(n0, n1).T.flatten()
+            self.values[node] = _Value(ids, second, out, (n1, n0, 1 - fixed))
+        else:
+            raise self.unsupported(node, "permute separates channels split across two axes")
 
     def squeeze(self, node: fx.Node, x: _Value, name: str) -> None:
         out = _shape(node)
@@ -461,11 +573,20 @@ class OpRules:
         dim = self.arg(node, 2, "dim", 0)
         if node.target in ("unbind", torch.unbind):
             dim = self.arg(node, 1, "dim", 0)
-        if int(dim) % x.ndim == x.axis:  # type: ignore[call-overload]
+        if int(dim) % x.ndim != x.axis:  # type: ignore[call-overload]
+            self.values[node] = ("split", x)
+            return
+        n = self.arg(node, 1, "chunks", None) if node.target in ("chunk", torch.chunk) else None
+        if isinstance(n, int) and n > 0 and len(x.ids) % n == 0:
+            # chunk(n) cuts wherever the pruned tensor's n-ths are, so every piece
+            # must lose the same positions: they are tied into one unit.
+            pieces = x.ids.reshape(n, -1)
+            for k in range(1, n):
+                self.tie(pieces[0], pieces[k])
+            self.values[node] = ("chunk-channels", x, list(pieces))
+        else:
             self.pin(x.ids, f"split along channels at {_where(node)}")
             self.values[node] = ("split-channels", x)
-        else:
-            self.values[node] = ("split", x)
 
     def getitem(self, node: fx.Node) -> None:
         src, idx = node.args[0], node.args[1]
@@ -474,6 +595,9 @@ class OpRules:
             marker = self.values.get(src) if isinstance(src, fx.Node) else None
             if isinstance(marker, tuple) and marker[0] == "split":
                 self.passthrough(node, marker[1])
+            elif isinstance(marker, tuple) and marker[0] == "chunk-channels":
+                x = marker[1]
+                self.values[node] = _Value(marker[2][idx], x.axis, _shape(node) or x.shape)
             elif isinstance(marker, tuple):
                 self.opaque(node, "piece of a channel split")
             elif _shape(node) is not None and isinstance(src, fx.Node) and src.op != "placeholder":

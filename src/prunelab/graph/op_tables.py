@@ -10,6 +10,9 @@ import operator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.ops.misc import FrozenBatchNorm2d  # a batch norm whose values are buffers
+
+from prunelab.layers import point_ops
 
 # fmt: off
 
@@ -58,7 +61,23 @@ _VIEW_METHODS: set[str] = {"view", "reshape"}
 _SPLIT_FUNCTIONS: set = {torch.split, torch.chunk, torch.tensor_split, torch.unbind}
 _SPLIT_METHODS: set[str] = {"split", "chunk", "tensor_split", "unbind"}
 
+# What may be applied to channels a view has split across two axes (a channel shuffle).
+_SPLIT_SAFE_FUNCTIONS: set = {torch.reshape, torch.permute, torch.transpose, torch.flatten} | (
+    _PASS_FUNCTIONS
+)
+_SPLIT_SAFE_METHODS: set[str] = {"view", "reshape", "flatten", "permute", "transpose"} | (
+    _PASS_METHODS
+)
+
 _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
+
+# Point-cloud sampling/grouping (PointNet++): index ops return indices, which carry
+# no channels; gather ops pick columns of their first argument and keep its channels.
+_INDEX_FUNCTIONS: set = {point_ops.farthest_point_sample, point_ops.ball_query}
+_GATHER_FUNCTIONS: set = {point_ops.gather_points, point_ops.group_points}
+
+# Modules outside torch.nn that the tracer treats as leaves, with a rule of their own.
+_EXTRA_LEAVES: tuple[type, ...] = (FrozenBatchNorm2d,)
 # fmt: on
 
 try:  # torchvision's stochastic depth is a pass-through on a channel's values

@@ -30,6 +30,7 @@ import torch.nn as nn
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.channel_analysis import ChannelAnalysis
 from prunelab.graph.groups import ChannelGraph
+from prunelab.graph.op_tables import _EXTRA_LEAVES
 
 
 class _Tracer(fx.Tracer):
@@ -37,12 +38,31 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, leaves: tuple[type, ...] = ()) -> None:
         super().__init__()
-        self._extra_leaves = leaves
+        self._extra_leaves = (*_EXTRA_LEAVES, *leaves)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if self._extra_leaves and isinstance(m, self._extra_leaves):
+        if isinstance(m, self._extra_leaves) or _inherits_torch_layer(m):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if not hasattr(self, "failed_in"):  # the innermost module: where tracing stopped
+                self.failed_in = f"{self.path_of_module(m)} ({type(m).__name__})"
+            raise
+
+
+def _inherits_torch_layer(m: nn.Module) -> bool:
+    """A user subclass of a torch.nn layer that keeps its forward: the same layer."""
+    containers = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+    if isinstance(m, containers) or type(m).__module__.startswith("torch."):
+        return False
+    for base in type(m).__mro__[1:]:
+        if base.__module__.startswith("torch.nn.") and base is not nn.Module:
+            return type(m).forward is base.forward
+    return False
 
 
 def _propagate_shapes(model: nn.Module, graph: fx.Graph, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -116,11 +136,17 @@ def trace(
     if was_training:  # switching modes walks every module: only when needed
         model.eval()
     try:
+        tracer = _Tracer(leaves)
         try:
-            graph = _Tracer(leaves).trace(model)
+            graph = tracer.trace(model)
         except Exception as exc:  # fx raises many kinds; turn all into one clear error
+            where = getattr(tracer, "failed_in", type(model).__name__)
+            first = str(exc).strip().splitlines()[0].split(". ")[0] if str(exc).strip() else ""
             raise UnsupportedModelError(
-                "python control flow", type(model).__name__, f"torch.fx cannot trace it: {exc}"
+                "python control flow", where,
+                f"torch.fx cannot trace it ({first or type(exc).__name__}); rewrite that forward "
+                "without Python control flow on tensors, or pass its class in leaves= if "
+                "prunelab has a rule for it",
             ) from exc
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         try:

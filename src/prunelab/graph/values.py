@@ -17,6 +17,9 @@ class _Value:
     ids: np.ndarray
     axis: int
     shape: tuple[int, ...]
+    # Channels spread over axes (axis, axis + 1) of sizes (n0, n1) by a view such as a
+    # channel shuffle's; `fixed` is the factor (0 or 1) the view gave as a literal.
+    split: tuple[int, int, int] | None = None
 
     @property
     def ndim(self) -> int:

@@ -44,6 +44,8 @@ class PruneTask:
     run_dir: Path | None = None
     seed: int = 0
     quiet: bool = False
+    # The trained dense model (None when there is none): the `train.distill` teacher "dense".
+    teacher: nn.Module | None = None
     latency: dict[str, Any] | None = None
 
     def require_metric(self, method: str, *metrics: str) -> None:
@@ -51,7 +53,7 @@ class PruneTask:
         if self.metric not in metrics:
             raise ConfigError(
                 f"{method} budgets {' or '.join(metrics)}, not {self.metric}; "
-                f"use metric={metrics[0]} (metric=latency: methods uniform)"
+                f"use metric={metrics[0]} (metric=latency: methods uniform, global)"
             )
 
     @property
@@ -98,6 +100,14 @@ class Method:
 
     def run(self, task: PruneTask) -> PruneResult:
         raise NotImplementedError
+
+    def training_epochs(self, train: TrainConfig) -> float:
+        """Epochs of training the method spends on its answer (fine-tuning or training).
+
+        Search work that only chooses the architecture (candidate scoring, data
+        collection) is not counted here; `prunelab compare` reports it separately.
+        """
+        return float(train.epochs)
 
 
 _METHODS: dict[str, type[Method]] = {}

@@ -8,19 +8,25 @@ Trains and prunes from scratch in one pass:
    P = ½(1 + erf((β̂ − δ) / (√2 |γ̂|))), the chance that the channel's
    output passes a ReLU (δ = 0.05);
 3. in training each channel is multiplied by a soft mask sampled from P by
-   binary Gumbel-softmax (temperature 0.5); in evaluation by 1[P > 0.5];
-4. a sparsity loss Σ λ1|γ| + λ2 β over the masked layers pushes channels off
-   (β without absolute value: pushed negative), after `warmup_epochs`;
+   binary Gumbel-softmax (temperature 0.5), P first pushed towards 0/1 by a
+   sigmoid-alike map when `sharpen` > 0; in evaluation by 1[P > 0.5];
+4. a sparsity loss Σ λ1|γ| + λ2 β over all norm layers (`loss_layers`; the
+   unmasked residual streams' too, as the paper regularises every BN) pushes
+   channels off (β without absolute value: pushed negative), after `warmup_epochs`;
 5. channels added by a residual connection share one mask: the engine
    ties a residual stage into one channel group, and every layer of the
    group is multiplied by the same mask, so the added channels stay aligned
-   and can be removed together. The mask is the product of the masks of
-   the group's first two layers in execution order (the paper's rule: a
-   downsample shortcut and its block's last layer multiply their masks,
-   blocks behind identity shortcuts reuse it); `shared_sources=0` multiplies
-   all of them (a channel survives only if every layer of the stage keeps
-   it, which starts a deep stage almost fully masked);
-6. the result is folded and exported (`bwcp_export`): a plain conv model.
+   and can be removed together. The mask is the paper's (`stage_mask="paper"`):
+   the mask of the layer that starts the stream (the previous layer's mask,
+   which blocks behind identity shortcuts reuse: the stem's for a first stage
+   without a downsample), multiplied by the mask of the layer added to it at
+   the same residual add when a projection shortcut starts the stream (the
+   downsample and its block's last layer). `stage_mask="sources"` multiplies
+   the first `shared_sources` layers in execution order instead (2: the
+   previous rounds' rule, stem x layer1.0.bn2 in a first stage; 0: all of them,
+   a channel survives only if every layer of the stage keeps it);
+6. the result is folded and exported (`bwcp_export`): a plain conv model;
+   BWCP* (`finetune_epochs` > 0) fine-tunes that model afterwards.
 
 Choices the paper leaves open: whitened layers start at γ = 1/√g (with
 Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I, so γ = 1 would start
@@ -55,6 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from typing import Any
 
 import torch
@@ -65,7 +72,7 @@ from prunelab.graph import ChannelGraph, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
-from prunelab.methods.bwcp_export import conv_bn_pairs, finish
+from prunelab.methods.bwcp_export import conv_bn_pairs, finish, norms_added_together
 from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
@@ -79,6 +86,20 @@ def activation_probability(
     """P(γ̂ z + β̂ > δ) for z ~ N(0, 1): ½(1 + erf((β̂ − δ) / (√2 |γ̂|)))."""
     denom = math.sqrt(2.0) * gamma_hat.abs().clamp_min(1e-8)
     return 0.5 * (1.0 + torch.erf((beta_hat - delta) / denom))
+
+
+def sharpen(p: torch.Tensor, k: float) -> torch.Tensor:
+    """A sigmoid-alike map of [0, 1] onto itself pushing P towards 0 and 1 (k > 0; 0: off).
+
+    σ(k (P − ½)) rescaled so 0 -> 0, ½ -> ½, 1 -> 1: monotone, so the hard masks
+    1[P > ½] are unchanged, while a training-time sample of P = 0.6 keeps a channel
+    with probability 0.73 at k = 10 (0.85 -> 0.98). The paper names a sigmoid-alike
+    transform for this; its exact form is not given here, this one is ours.
+    """
+    if k <= 0:
+        return p
+    lo, hi = torch.sigmoid(torch.tensor(-k / 2)), torch.sigmoid(torch.tensor(k / 2))
+    return (torch.sigmoid(k * (p - 0.5)) - lo.to(p)) / (hi - lo).to(p)
 
 
 def gumbel_soft_mask(p: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -123,10 +144,13 @@ class ChannelGates:
         sampling: str = "gumbel",
         shortcuts: bool = True,
         shared_sources: int = 2,
+        stage_mask: str = "paper",
+        added: list[set[str]] | None = None,
     ) -> None:
         self.model, self.graph = model, graph
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
         self.threshold = 0.5
+        self.sharpen = 0.0  # k of `sharpen` on training-time probabilities (0: off)
         self.enabled = True
         self.hard_in_training = False  # training-mode forwards with the evaluation masks
         # Hard unit masks held fixed (set by `recalibrate`): P depends on the running
@@ -144,11 +168,20 @@ class ChannelGates:
                 if m.module == name and m.role == "norm" and m.param == "weight":
                     mod = model.get_submodule(name)
                     self.layers.append(_Layer(name, mod, group.index, m.positions, m.units))
-        # `names` come in execution order: a group's first `shared_sources` layers lead.
+        # `names` come in execution order. "paper": a group's first layer leads, with the
+        # layers added to it at the same residual add; "sources": its first `shared_sources`.
+        if stage_mask == "paper" and added is None:
+            added = norms_added_together(model)
+        first: dict[int, str] = {}
         seen: dict[int, int] = {}
         for layer in self.layers:
+            head = first.setdefault(layer.group, layer.name)
             seen[layer.group] = seen.get(layer.group, 0) + 1
-            layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
+            if stage_mask == "paper":
+                layer.leads = layer.name == head or any(
+                    {head, layer.name} <= names for names in added or [])
+            else:
+                layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
         self.groups = sorted({layer.group for layer in self.layers})
         self._masks: dict[str, torch.Tensor] = {}
         self._names = {id(layer.module): layer.name for layer in self.layers}
@@ -230,7 +263,7 @@ class ChannelGates:
 
     # -------------------------------------------------------------------- masks
     def _sample(self) -> dict[str, torch.Tensor]:
-        probs = self.probabilities(leading=True)
+        probs = {n: sharpen(p, self.sharpen) for n, p in self.probabilities(leading=True).items()}
         if self.sampling == "gumbel":
             per = {n: gumbel_soft_mask(p, self.temperature) for n, p in probs.items()}
         elif self.sampling == "expected":  # the mask's mean: no noise
@@ -296,12 +329,14 @@ class ChannelGates:
                 layer.module.output_scale = None
 
     # ----------------------------------------------------------------- loss/cost
-    def sparsity_loss(self, lambda1: float, lambda2: float) -> torch.Tensor:
-        """Σ over masked layers of λ1 |γ| + λ2 β."""
-        terms = [
-            lambda1 * layer.module.weight.abs().sum() + lambda2 * layer.module.bias.sum()
-            for layer in self.layers
-        ]
+    def sparsity_loss(
+        self, lambda1: float, lambda2: float, every_norm: bool = False
+    ) -> torch.Tensor:
+        """Σ of λ1 |γ| + λ2 β over the masked layers (`every_norm`: also the unmasked ones)."""
+        mods = [layer.module for layer in self.layers]
+        if every_norm:
+            mods += [self.model.get_submodule(name) for name in self.skipped]
+        terms = [lambda1 * m.weight.abs().sum() + lambda2 * m.bias.sum() for m in mods]
         return torch.stack(terms).sum()
 
     def hard_ratio(self, metric: str, threshold: float | None = None) -> float:
@@ -343,6 +378,8 @@ class BWCPOptions:
     warmup_epochs: float = 0.0  # epochs trained without the sparsity loss (ImageNet: 20)
     delta: float = 0.05  # activation threshold in P = P(γ̂ z + β̂ > δ)
     temperature: float = 0.5  # Gumbel-softmax temperature
+    # k of the sigmoid-alike map pushing the training-time P towards 0/1 (`sharpen`; 0: off)
+    sharpen: float = 0.0
     sampling: str = "gumbel"  # "gumbel"; "hard_st" (straight-through 1[P>0.5]); "none"
     # Masks during the warm-up (None: `sampling`, as the paper). "expected" multiplies each
     # channel by P itself (no noise): at initialisation P is about 0.5 everywhere, and on a
@@ -350,12 +387,19 @@ class BWCPOptions:
     warmup_sampling: str | None = None
     whiten: bool = True  # False: keep batch norm (the "without BW" ablation)
     group_size: int = 16  # channels whitened together
+    # Partial whitening (the paper's Table 5): fnmatch patterns of the norm layers to
+    # whiten, e.g. ["layer3.*"]; the others stay batch norm (still masked). None: all.
+    whiten_only: list[str] | None = None
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
-    # A residual stage's mask is the product of the masks of its first `shared_sources`
-    # norm layers in execution order (2: the paper's downsample shortcut x first block's
-    # last layer; later blocks reuse it); 0 multiplies all of them.
+    # The sparsity loss on "all" norm layers (the paper), or only the "masked" ones (with
+    # shortcuts=false the residual streams' BNs then go unregularised: the previous rounds').
+    loss_layers: str = "all"
+    # A residual stage's mask: "paper" (the stream's first layer, times the projection
+    # shortcut's BN added to it), or "sources": the product of the masks of its first
+    # `shared_sources` norm layers in execution order (0: all of them).
+    stage_mask: str = "paper"
     shared_sources: int = 2
     # Start every whitened layer at γ = 1/√group_size: a group's output then starts with
     # unit variance, like batch norm (with γ = 1 it starts at √g and training stalls).
@@ -381,6 +425,10 @@ class BWCPOptions:
     # Training batches to re-estimate the norm statistics under the hard masks before
     # every evaluation and the export (0: off, evaluate with the training-time estimates).
     recalibrate_batches: int = 50
+    # BWCP*: epochs of fine-tuning the exported (plain, pruned) model after the run, with
+    # the training recipe at `finetune_lr` (None: the recipe's lr). 0: plain BWCP.
+    finetune_epochs: int = 0
+    finetune_lr: float | None = None
 
     def validate(self) -> None:
         for name in ("sampling", "warmup_sampling"):
@@ -390,12 +438,25 @@ class BWCPOptions:
         for name in ("lambda1", "lambda2", "warmup_epochs", "delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"bwcp {name} must be >= 0, got {getattr(self, name)}")
+        patterns = self.whiten_only
+        if patterns is not None and (
+            isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)
+        ):
+            raise ConfigError("bwcp whiten_only must be a list of layer-name patterns")
+        if self.finetune_epochs < 0 or (self.finetune_lr is not None and self.finetune_lr <= 0):
+            raise ConfigError("bwcp finetune_epochs must be >= 0 and finetune_lr > 0")
+        if self.sharpen < 0:
+            raise ConfigError(f"bwcp sharpen must be >= 0 (0: off), got {self.sharpen}")
         if self.temperature <= 0:
             raise ConfigError(f"bwcp temperature must be > 0, got {self.temperature}")
         if self.init_probability is not None and not 0 < self.init_probability < 1:
             raise ConfigError(
                 f"bwcp init_probability must be in (0, 1), got {self.init_probability}"
             )
+        if self.loss_layers not in ("all", "masked"):
+            raise ConfigError(f"bwcp loss_layers={self.loss_layers!r}: use 'all' or 'masked'")
+        if self.stage_mask not in ("paper", "sources"):
+            raise ConfigError(f"bwcp stage_mask={self.stage_mask!r}: use 'paper' or 'sources'")
         if self.shared_sources < 0:
             raise ConfigError(f"bwcp shared_sources must be >= 0, got {self.shared_sources}")
         if self.recalibrate_batches < 0:
@@ -460,7 +521,8 @@ class BWCPCallback(Callback):
         o = self.opts
         if not self._active(trainer) or (o.lambda1 == 0 and o.lambda2 == 0):
             return None
-        return self.gates.sparsity_loss(self.scale * o.lambda1, self.scale * o.lambda2)
+        every = o.loss_layers == "all"
+        return self.gates.sparsity_loss(self.scale * o.lambda1, self.scale * o.lambda2, every)
 
     def on_step_end(self, trainer: Trainer) -> None:
         self.steps += 1
@@ -522,6 +584,7 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
         bn
         for bn, conv in pairs.items()
         if opts.whiten and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
+        and (opts.whiten_only is None or any(fnmatch(bn, pat) for pat in opts.whiten_only))
     ]
     layers = convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
     if opts.reinit_gamma:
@@ -531,9 +594,10 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
                 bw.weight.fill_(bw.group_size**-0.5)
     gates = ChannelGates(
         model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts,
-        opts.shared_sources,
+        opts.shared_sources, opts.stage_mask,
     )  # fmt: skip
     gates.pairs = pairs
+    gates.sharpen = opts.sharpen
     if opts.init_probability is not None:
         set_initial_probability(gates, opts.init_probability)
     return gates
@@ -579,4 +643,13 @@ class BWCP(Method):
         target = task.target if opts.target_control else None
         cb = BWCPCallback(gates, opts, target, task.metric)
         model, history, final = fit(task, model, "bwcp", [cb])
-        return finish(task, model, gates, cb, opts, history, final)
+        result = finish(task, model, gates, cb, opts, history, final)
+        if opts.finetune_epochs > 0:  # BWCP*: the exported plain model fine-tuned
+            lr = task.train.lr if opts.finetune_lr is None else opts.finetune_lr
+            tuned, more, final_ft = fit(
+                task, result.model, "finetune", epochs=opts.finetune_epochs, lr=lr,
+                warmup_epochs=0,
+            )  # fmt: skip
+            result = PruneResult(tuned.eval(), [*result.history, *more],
+                                 {**result.info, "finetune": final_ft})  # fmt: skip
+        return result

@@ -17,6 +17,7 @@ against the masked one and collect the run's details.
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -39,9 +40,13 @@ __all__ = [
     "conv_bn_pairs",
     "finish",
     "fold_and_prune",
+    "norms_added_together",
     "threshold_for_target",
     "unit_masks_from_channels",
 ]
+
+
+_NORMS = (nn.BatchNorm2d, BatchWhitening2d)
 
 
 def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
@@ -53,7 +58,7 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     torchvision ResNets). Pre-activation blocks (BN before the conv) raise
     UnsupportedModelError naming the layer.
     """
-    norms = (nn.BatchNorm2d, BatchWhitening2d)
+    norms = _NORMS
     mods = dict(model.named_modules())
     try:
         graph = _LeafTracer().trace(model)
@@ -87,6 +92,40 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
             "norm layer outside the traced graph", missing[0], "bwcp needs every BN in forward"
         )
     return pairs
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+
+
+def norms_added_together(model: nn.Module) -> list[set[str]]:
+    """Sets of norm layers whose outputs meet at one residual addition, each on its own.
+
+    A norm "reaches" an add when its output passes only single-input,
+    single-use steps (an activation, say) on the way: a projection shortcut's
+    BN and its block's last BN form a set; a stream that also feeds the next
+    block's convolution (an identity shortcut) does not reach the add alone.
+    """
+    mods = dict(model.named_modules())
+    graph = _LeafTracer().trace(model)
+    reached: dict[fx.Node, set[str]] = {}
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(mods.get(node.target), _NORMS):
+            continue
+        cur = node
+        while len(cur.users) == 1:
+            nxt = next(iter(cur.users))
+            is_add = (nxt.op == "call_function" and nxt.target in _ADDS) or (
+                nxt.op == "call_method" and nxt.target in ("add", "add_"))
+            if is_add:
+                reached.setdefault(nxt, set()).add(str(node.target))
+                break
+            if nxt.op not in ("call_function", "call_method", "call_module") or len(
+                    nxt.all_input_nodes) != 1:
+                break
+            if nxt.op == "call_module" and isinstance(mods.get(nxt.target), (nn.Conv2d, nn.Linear)):
+                break
+            cur = nxt
+    return [names for names in reached.values() if len(names) > 1]
 
 
 class _LeafTracer(fx.Tracer):

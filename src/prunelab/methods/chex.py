@@ -8,9 +8,12 @@ current sub-model; every `interval` epochs (or steps) up to T_max:
    kappa-quantile, with kappa chosen so the kept architecture meets the cost
    target (the budget is FLOPs, users do not think in channel sparsity);
 2. prune every layer to its budget by column subset selection (leverage
-   scores of the rank-K right singular vectors of its weight matrix);
+   scores of the rank-K right singular vectors of its weight matrix, or,
+   where that matrix is wider than tall, of the channels' feature maps on a
+   batch of training images: `css_source`, see `chex_features`);
 3. regrow a cosine-decaying fraction delta_t of channels, sampled by their
-   orthogonality to the kept ones, each restored to the weights it had when
+   orthogonality to the kept ones (in the same matrices; feature maps of
+   pruned channels computed with their remembered weights), each restored to the weights it had when
    it was last pruned (filters, consumer columns, BN gamma/beta and running
    statistics) with its optimizer momentum reset to zero.
 
@@ -21,8 +24,9 @@ The maths lives in `chex_selection.py`.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +38,7 @@ from prunelab.errors import ConfigError, InfeasibleBudgetError, PrunelabError
 from prunelab.graph import ChannelGraph, ChannelMask, Group, Member, prune, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.graph.plan import add_survivors
+from prunelab.methods import chex_features as feat
 from prunelab.methods import chex_selection as sel
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
@@ -59,6 +64,12 @@ class ChexOptions:
     kappa: float | None = None  # fixed channel sparsity instead of the cost target
     min_channels: int = 1  # fewest units a pruned group keeps
     init_criterion: str = "l1"  # ranks the initial uniform mask
+    # Matrix CSS and the regrow orthogonality read (chex_features): "auto" the weights where
+    # they have more rows than channels, else feature maps; "weights" the paper's reference
+    # (l1 where the weight matrix is wide); "features"; "stacked" (producer + consumer weights).
+    css_source: str = "auto"
+    feature_images: int = 64  # latest training images the feature maps are computed on
+    feature_rows: int = 4096  # rows kept per consumer (at least 2x the channels)
 
 
 def is_shortcut(model: nn.Module, group: Group) -> bool:
@@ -115,6 +126,20 @@ class WeightMemory:
         for key, shadow in self.shadow.items():
             shadow.copy_(torch.where(self.alive(key, masks), self.tensor(key).detach(), shadow))
 
+    @contextlib.contextmanager
+    def revived(self) -> Iterator[None]:
+        """Within the block every touched tensor holds its remembered values (all units alive)."""
+        saved = {k: self.tensor(k).detach().clone() for k in self.shadow}
+        try:
+            with torch.no_grad():
+                for k, v in self.shadow.items():
+                    self.tensor(k).copy_(v)
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in saved.items():
+                    self.tensor(k).copy_(v)
+
     @torch.no_grad()
     def revive(
         self,
@@ -163,6 +188,8 @@ class ChexCallback(Callback):
         self.update_seconds = 0.0
         self._epoch_update_s = 0.0
         self.ever_alive: dict[int, torch.Tensor] = {}  # units alive at some point
+        self.images_for_features: torch.Tensor | None = None  # from the latest batch
+        self.css_used: dict[str, str] = {}  # group -> matrix source of the latest update
 
     # -------------------------------------------------------------- set-up
     def _choose_groups(self, model: nn.Module) -> None:
@@ -232,6 +259,11 @@ class ChexCallback(Callback):
             self._maybe_update(trainer, epoch)
 
     def on_step_start(self, trainer: Trainer, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+        if self.opts.css_source != "weights":  # the latest `feature_images` training images
+            recent = batch[0].detach()
+            if self.images_for_features is not None and len(recent) < self.opts.feature_images:
+                recent = torch.cat([recent, self.images_for_features.to(recent.device)])
+            self.images_for_features = recent[: self.opts.feature_images]
         if self.opts.unit == "step":
             self._maybe_update(trainer, trainer.global_step)
         n = batch[0].shape[0] * trainer.dist.world_size
@@ -299,9 +331,12 @@ class ChexCallback(Callback):
                 capped(n_cut), alloc.order[:n_cut].flip(0), alive, cost_of, goal
             )
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+        sub, revived = self._features(trainer.model, t)
         new = {}
         for i, gi in enumerate(self.groups):
-            new[gi] = self._prune_regrow(gi, int(keep_counts[i]), int(alive_counts[i]), gen)
+            new[gi] = self._prune_regrow(
+                gi, int(keep_counts[i]), int(alive_counts[i]), gen, sub, revived
+            )
         new = D.broadcast_object(new)
         self._set_masks(new, trainer)
         self.done.append(t)
@@ -310,20 +345,58 @@ class ChexCallback(Callback):
         self._epoch_update_s += spent
         self._record(t, trainer, delta, cost_of(keep_counts), keep_counts.tolist())
 
+    def _features(
+        self, model: nn.Module, t: int
+    ) -> tuple[feat.Features | None, feat.Features | None]:
+        """Consumer inputs on the latest images: of the sub-model, and with every unit revived.
+
+        The sub-model's features score the alive channels (what they compute now);
+        the revived model (remembered weights written back for the pruned units)
+        gives pruned channels the feature maps they would have when regrown.
+        """
+        x = self.images_for_features
+        assert self.memory is not None
+        source, shadow = self.opts.css_source, self.memory.shadow
+        need = [
+            g for g in (self.graph.groups[gi] for gi in self.groups)
+            if source == "features" or (source == "auto" and not all(
+                feat.is_tall(m) for _, m in feat.weight_matrices(shadow, g)))
+        ]  # fmt: skip
+        if x is None or not need:
+            return None, None
+        names = [n for g in need for n in feat.consumers(g, model)]
+        rows = max(self.opts.feature_rows, 2 * max(g.size for g in need))
+        seed = self.seed * 1_000_003 + t
+        sub = feat.capture_inputs(model, names, x, rows, seed)
+        with self.memory.revived():
+            revived = feat.capture_inputs(model, names, x, rows, seed)
+        return sub, revived
+
     def _prune_regrow(
-        self, gi: int, n_keep: int, n_alive: int, gen: torch.Generator
+        self,
+        gi: int,
+        n_keep: int,
+        n_alive: int,
+        gen: torch.Generator,
+        sub: feat.Features | None = None,
+        revived: feat.Features | None = None,
     ) -> torch.Tensor:
         assert self.mask is not None and self.memory is not None
         g = self.graph.groups[gi]
         alive = torch.nonzero(self.mask.masks[gi]).flatten()
         n_keep = min(n_keep, len(alive))
-        lev = sel.group_css_scores(self.memory.shadow, g, alive, n_keep)
+        shadow = self.memory.shadow
+        mats, used = feat.group_matrices(self.opts.css_source, g, shadow, sub)
+        self.css_used[g.name] = used
+        lev = sel.group_css_scores(mats, g.size, alive, n_keep)
         kept = self._mask_of(g, self._top(lev, alive, n_keep), lev)
         n_regrow = n_alive - int(kept.sum())
         if self.opts.regrow == "none" or n_regrow <= 0:
             return kept
         cand = torch.nonzero(~kept).flatten()
-        eps = sel.group_orthogonality(self.memory.shadow, g, kept, cand)
+        if used == "features":  # the same consumers, with the pruned channels revived
+            mats, _ = feat.group_matrices("features", g, shadow, revived)
+        eps = sel.group_orthogonality(mats, g.size, kept, cand)
         pick = sel.sample_regrow(
             eps,
             n_regrow,
@@ -446,6 +519,12 @@ class Chex(Method):
             raise ConfigError(f"chex temperature={o.temperature}: must be > 0")
         if o.min_channels < 1:
             raise ConfigError(f"chex min_channels={o.min_channels}: must be >= 1")
+        if o.css_source not in feat.SOURCES:
+            raise ConfigError(
+                f"chex css_source={o.css_source!r}: use one of {', '.join(feat.SOURCES)}"
+            )
+        if o.feature_images < 1 or o.feature_rows < 1:
+            raise ConfigError("chex feature_images and feature_rows must be >= 1")
         o.interval = int(o.interval)
 
     def run(self, task: PruneTask) -> PruneResult:
@@ -469,6 +548,7 @@ class Chex(Method):
             "sizes": [graph.groups[g].size for g in cb.groups],
             "kept": [cb.mask.alive(g) for g in cb.groups] if cb.mask is not None else [],
             "left_whole": cb.left_whole, "timeline": cb.timeline, "t_max": cb.t_max,
+            "css_used": cb.css_used,
             "update_times": cb.times, "train_flops_ratio": cb.training_flops_ratio(),
             "update_seconds": cb.update_seconds, "masked_vs_pruned_max_diff": check,
             "final": final, "options": dict(vars(self.options)),

@@ -1,8 +1,9 @@
 """The maths of CHEX (Hou et al., CVPR 2022), free of models and training loops.
 
-- `leverage_scores`: column subset selection. A layer's weight is a matrix X
-  with one column per output channel; the channels whose columns carry most of
-  the rank-K subspace (large leverage ||V_K[j, :]||) are the ones to keep.
+- `leverage_scores`: column subset selection. A matrix X has one column per
+  channel (a layer's weights in the paper; `chex_features` supplies the
+  matrices); the channels whose columns carry most of the rank-K subspace
+  (large leverage ||V_K[j, :]||) are the ones to keep.
 - `orthogonality`: ||x_j - P x_j|| with P the projection onto the kept
   columns; a pruned channel far from what is kept adds most when it regrows.
 - `sample_regrow`: which candidates come back, drawn without replacement
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from prunelab.graph.groups import Group, Member
+from prunelab.graph.groups import Group
 
 # Singular values below this fraction of the largest count as zero (rank of a span).
 _RANK_TOL = 1e-6
@@ -164,24 +165,7 @@ def smallest_within(fn: Callable[[int], float], total: int, goal: float) -> int:
 # A group's weights are read through `weights[(module, param)]` (the caller's
 # remembered values, so pruned units score with the weights they had last).
 Weights = Mapping[tuple[str, str], torch.Tensor]
-
-
-def unit_columns(weights: Weights, member: Member, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(units present, X): X has one column per present unit, its rows of `member`'s tensor.
-
-    A unit owning several positions (grouped convolutions) gets them stacked
-    into one column.
-    """
-    w = weights[(member.module, member.param)].detach().cpu().double()
-    rows = w.movedim(member.dim, 0).reshape(w.shape[member.dim], -1)[member.positions]
-    present, per_unit = torch.unique(member.units, return_counts=True)
-    if bool((per_unit == per_unit[0]).all()):
-        order = torch.argsort(member.units, stable=True)
-        cols = rows[order].reshape(len(present), -1)
-    else:  # uneven units (rare): one summed row each
-        cols = torch.zeros(size, rows.shape[1], dtype=rows.dtype)
-        cols = cols.index_add_(0, member.units, rows)[present]
-    return present, cols.T
+Matrices = list[tuple[torch.Tensor, torch.Tensor]]  # (units present, X), chex_features
 
 
 def mean_gamma(weights: Weights, group: Group) -> torch.Tensor:
@@ -195,17 +179,17 @@ def mean_gamma(weights: Weights, group: Group) -> torch.Tensor:
     return total / n.clamp_min(1)
 
 
-def group_css_scores(weights: Weights, group: Group, alive: torch.Tensor, k: int) -> torch.Tensor:
-    """CSS scores (rank k) of the `alive` units, one entry per unit of the group.
+def group_css_scores(mats: Matrices, size: int, alive: torch.Tensor, k: int) -> torch.Tensor:
+    """CSS scores (rank k) of the `alive` units, one entry per unit of a group of `size`.
 
-    Each producing layer's scores are scaled to a maximum of 1 and summed, so
-    a residual group's layers count equally whether they use leverage or l1.
+    `mats` are the group's (units present, X) matrices (`chex_features`). Each
+    matrix's scores are scaled to a maximum of 1 and summed, so the layers of a
+    residual group count equally whether they use leverage or l1.
     """
-    total = torch.zeros(group.size, dtype=torch.float64)
-    is_alive = torch.zeros(group.size, dtype=torch.bool)
+    total = torch.zeros(size, dtype=torch.float64)
+    is_alive = torch.zeros(size, dtype=torch.bool)
     is_alive[alive] = True
-    for m in group.members_of("out", "weight"):
-        present, x = unit_columns(weights, m, group.size)
+    for present, x in mats:
         on = is_alive[present]
         if on.any():
             s = css_scores(x[:, on], min(k, int(on.sum())))
@@ -214,12 +198,11 @@ def group_css_scores(weights: Weights, group: Group, alive: torch.Tensor, k: int
 
 
 def group_orthogonality(
-    weights: Weights, group: Group, kept: torch.Tensor, cand: torch.Tensor
+    mats: Matrices, size: int, kept: torch.Tensor, cand: torch.Tensor
 ) -> torch.Tensor:
-    """eps of each candidate unit in `cand` against the `kept` (bool) units, summed over layers."""
-    total = torch.zeros(group.size, dtype=torch.float64)
-    for m in group.members_of("out", "weight"):
-        present, x = unit_columns(weights, m, group.size)
+    """eps of each candidate unit in `cand` against the `kept` (bool) units, summed over `mats`."""
+    total = torch.zeros(size, dtype=torch.float64)
+    for present, x in mats:
         k_on = kept[present]
         if (~k_on).any():
             total[present[~k_on]] += orthogonality(x[:, k_on], x[:, ~k_on])

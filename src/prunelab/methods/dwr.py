@@ -11,8 +11,12 @@ accuracy depends on depth d, width w and resolution r and picks the best
    round; every intermediate model is a (d, w, r, accuracy) point.
 2. Fit the accuracy model (MAP, `dwr_model`): rank-R, degree-K separable
    polynomial (R = 1, K = 3 by default).
-3. Maximise it on d * w^2 * r^2 = T; the real cost is then met by measuring
-   it with the engine (depth and resolution fixed, width adjusted).
+3. Maximise it under the cost T. The paper's constraint is d * w^2 * r^2 = T;
+   by default (`cost: measured`) the constraint is instead a cost model fitted
+   to the engine's exact counts of realised (d, w, r) models (`dwr_cost`),
+   because d counts only the removable blocks and the rest of the network
+   does not shrink with it. The real cost is then met by measuring it with
+   the engine (depth and resolution fixed, width adjusted).
 4. Prune the trained model: depth by DBP (`dwr_probe`, linear probes on
    each block's pooled output), width by BN scale with the same ratio in
    every layer, resolution by bilinearly resizing every batch; fine-tune.
@@ -21,7 +25,8 @@ Depth d is the kept fraction of the removable blocks (residual blocks whose
 shortcut is the identity, `prunelab.graph.blocks`); width w the kept fraction
 of channels over the prunable groups; resolution r the input side length
 over the original one. The pruned model records its input size in
-`model.prunelab_input_size`, which `prunelab.save` keeps and the command line
+`model.prunelab_input_size` and the chosen side length in
+`model.prunelab_resolution`, which `prunelab.save` keeps and the command line
 applies to evaluation.
 
 With one dimension in `dims` there is nothing to learn: the method prunes
@@ -54,6 +59,7 @@ from prunelab.graph.cost import base_cost, plan_cost
 from prunelab.graph.plan import round_keep
 from prunelab.io import load, save
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
+from prunelab.methods.dwr_cost import CostModel, fit_cost, maximize_under_cost, solve_dimension
 from prunelab.methods.dwr_model import (
     DIMS,
     FullPolynomial,
@@ -67,6 +73,7 @@ from prunelab.methods.dwr_model import (
 from prunelab.methods.dwr_probe import dbp_importance
 from prunelab.methods.finetune import fit
 from prunelab.metrics import count
+from prunelab.train import TrainConfig
 from prunelab.train import distributed as D
 
 __all__ = ["DWR", "Collector", "Point"]
@@ -147,6 +154,9 @@ class Collector:
             self.eval_split = "test"  # no hold-out split was built
         cache = options.collect_dir or (task.run_dir / "collect" if task.run_dir else None)
         self.cache = Path(cache) if cache is not None else None
+        self.dims = [d for d in DIMS if d in options.dims]
+        self._order: tuple[list[str], dict[str, float]] | None = None
+        self._cost: CostModel | None = None
 
     # ------------------------------------------------------------------ basics
     def _input(self, pixels: int) -> torch.Tensor:
@@ -163,7 +173,7 @@ class Collector:
         return {"arch": arch, "target": self.task.target, "rounds": o.rounds,
                 "round_epochs": o.round_epochs, "round_lr": o.round_lr,
                 "eval_split": self.eval_split, "seed": self.task.seed,
-                "base_flops": self.base.flops, "pixels": self.r0}  # fmt: skip
+                "base_flops": self.base.flops, "pixels": self.r0, "cost": o.cost}  # fmt: skip
 
     def removable(self, model: nn.Module) -> list[str]:
         """Blocks of the original model still present (and removable) in `model`."""
@@ -312,8 +322,8 @@ class Collector:
 
     def schedule(self, dim: str) -> list[int]:
         """Blocks kept (depth), or pixels (resolution), or 0 for width, per round."""
-        o, T = self.opts, self.task.target
-        lo = T if dim == "depth" else math.sqrt(T)
+        o = self.opts
+        lo = self.lowest(dim)
         values = [1.0 - n * (1.0 - lo) / o.rounds for n in range(1, o.rounds + 1)]
         if dim == "width":
             return [0] * o.rounds
@@ -333,7 +343,7 @@ class Collector:
             raise ConfigError(f"unknown dimension {dim!r}; choose from {DIMS}")
         if dim == "depth" and not self.blocks0:
             raise ConfigError(_NO_BLOCKS)
-        o, T = self.opts, self.task.target
+        o = self.opts
         model, pixels = self.model0, self.r0
         points = []
         for n, step in enumerate(self.schedule(dim), start=1):
@@ -348,7 +358,7 @@ class Collector:
             if dim == "depth":
                 model, _ = self.prune_depth(model, step)
             elif dim == "width":
-                keep = 1.0 - n * (1.0 - math.sqrt(T)) / o.rounds
+                keep = 1.0 - n * (1.0 - self.lowest("width")) / o.rounds
                 model = prune(model, self.width_planner(model, pixels)(keep))
             else:
                 pixels = step
@@ -370,9 +380,72 @@ class Collector:
         return [self.origin()] + [p for dim in dims for p in self.dimension(dim)]
 
     # --------------------------------------------------------- final pruning
-    def _depth_order(self) -> tuple[list[str], dict[str, float]]:
-        scores = self.dbp(self.model0, self.blocks0)
-        return sorted(self.blocks0, key=lambda b: (scores[b], self.blocks0.index(b))), scores
+    def depth_order(self) -> tuple[list[str], dict[str, float]]:
+        """Removable blocks, least important first (DBP on the trained model), and their gains."""
+        if self._order is None:
+            scores = self.dbp(self.model0, self.blocks0)
+            order = sorted(self.blocks0, key=lambda b: (scores[b], self.blocks0.index(b)))
+            self._order = (order, scores)
+        return self._order
+
+    def depth_model(self, kept: int) -> nn.Module:
+        """The trained model with all but `kept` removable blocks removed, in DBP order."""
+        n = len(self.blocks0)
+        if kept >= n:
+            return self.model0
+        return remove_blocks(self.model0, self.depth_order()[0][: n - kept])
+
+    # ------------------------------------------------------------ cost model
+    def realisations(
+        self, kept: int, pixels: int, keeps: Sequence[float]
+    ) -> list[tuple[float, float, float, float]]:
+        """(d, w, r, FLOPs fraction) of the models `build` makes with `kept` blocks at `pixels`.
+
+        One row per width keep; w is the kept channel fraction after rounding,
+        as `width_of` measures it, and the cost is the engine's exact count.
+        """
+        n = len(self.blocks0)
+        plan_at = self.width_planner(self.depth_model(kept), pixels, self.opts.round_to)
+        rows = []
+        for keep in keeps:
+            plan = plan_at(keep)
+            present = [g for g in planners.select_groups(plan.graph) if g.name in self.groups0]
+            total = sum(self.groups0[g.name] for g in present)
+            w = sum(plan.kept(g.index) for g in present) / total if total else 1.0
+            cost = plan_cost(plan).flops / self.base.flops
+            rows.append((kept / n if n else 1.0, w, pixels / self.r0, cost))
+        return rows
+
+    def cost_model(self) -> CostModel:
+        """C(d, w, r) fitted to exact counts on a grid of realisations (once per task)."""
+        if self._cost is None:
+            n, dims = len(self.blocks0), self.dims
+            levels = np.linspace(0, 1, 7)
+            depths = sorted({round(v * n) for v in levels}) if "depth" in dims else [n]
+            keeps = list(np.linspace(0.4, 1.0, 6)) if "width" in dims else [1.0]
+            sides = np.linspace(0.5, 1.0, 5) if "resolution" in dims else [1.0]
+            pixels = sorted({max(1, round(v * self.r0)) for v in sides})
+            rows = np.array([row for k in depths for p in pixels
+                             for row in self.realisations(k, p, keeps)])  # fmt: skip
+            every = range(1, self.r0 + 1) if "resolution" in dims else [self.r0]
+            scale = [self.flops(self.model0, p) / self.base.flops for p in every]
+            self._cost = fit_cost(rows[:, :3], rows[:, 3], np.array(every) / self.r0,
+                                  np.array(scale))  # fmt: skip
+        return self._cost
+
+    def lowest(self, dim: str) -> float:
+        """Where data collection stops along `dim`: the value at which it alone costs T.
+
+        d = T and w = r = sqrt(T) under the paper's cost; under the measured
+        cost, solved from the cost model (0 if the dimension alone cannot
+        reach T: then collection removes everything it can).
+        """
+        T = self.task.target
+        if self.opts.cost == "paper":
+            return T if dim == "depth" else math.sqrt(T)
+        j = DIMS.index(dim)
+        pts, ok = solve_dimension(self.cost_model(), np.ones((1, 3)), j, T, 0.0)
+        return float(pts[0, j]) if ok[0] else 0.0
 
     def _closest_pixels(self, model: nn.Module, goal: float) -> int:
         """Side length whose cost is closest to `goal` (cost grows with pixels)."""
@@ -434,11 +507,9 @@ class Collector:
         details: dict[str, Any] = {}
         order: list[str] = []
         if "depth" in dims:
-            order, scores = self._depth_order()
+            order, scores = self.depth_order()
             details["dbp_gain"] = scores
-
-        def depth_model(kept: int) -> nn.Module:
-            return remove_blocks(self.model0, order[: n - kept]) if kept < n else self.model0
+        depth_model = self.depth_model
 
         kept = min(n, max(0, round(d * n))) if "depth" in dims else n
         pixels = min(self.r0, max(1, round(r * self.r0))) if "resolution" in dims else self.r0
@@ -503,6 +574,9 @@ class DWR(Method):
         round_to: int = 1
         # The final model's FLOPs must be within this relative distance of the target.
         tolerance: float = 0.03
+        # Cost constraint: "measured" (fitted to the engine's counts, dwr_cost) or
+        # "paper" (d * w^2 * r^2 = T, which ignores the layers depth does not remove).
+        cost: str = "measured"
         # Grid points per variable of the maximiser's check grid.
         grid: int = 401
         # Cache of collected points and models (None: <run_dir>/collect, or no cache).
@@ -521,6 +595,8 @@ class DWR(Method):
             raise ConfigError("rounds, degree and rank must be >= 1, round_epochs >= 0")
         if o.model not in ("separable", "full"):
             raise ConfigError(f"model must be 'separable' or 'full', got {o.model!r}")
+        if o.cost not in ("measured", "paper"):
+            raise ConfigError(f"cost must be 'measured' or 'paper', got {o.cost!r}")
         if o.tolerance <= 0:
             raise ConfigError(f"tolerance must be > 0, got {o.tolerance}")
         return dims
@@ -531,6 +607,22 @@ class DWR(Method):
         if o.model == "full":
             return fit_full(x, y, o.degree, ridge=max(o.ridge, 1e-4))
         return fit_separable(x, y, o.degree, o.rank, ridge=o.ridge, seed=0)
+
+    def training_epochs(self, train: TrainConfig) -> float:
+        """The final fine-tune; the collection rounds are search (reported on their own)."""
+        o = self.options
+        return float(train.epochs if o.final_epochs is None else o.final_epochs)
+
+    def _maximize(
+        self, col: Collector, model_fn: Any, x: np.ndarray, target: float, dims: list[str]
+    ) -> Any:
+        """The accuracy model's best (d, w, r) under the configured cost constraint."""
+        if self.options.cost == "paper":
+            return maximize(model_fn, target, dims, self.options.grid)
+        # Within the collected range: the polynomial is not trusted beyond its data.
+        lower = [float(x[:, j].min()) for j in range(3)]
+        return maximize_under_cost(model_fn, col.cost_model(), target, dims, lower,
+                                   min(self.options.grid, 201))  # fmt: skip
 
     def run(self, task: PruneTask) -> PruneResult:
         o = self.options
@@ -553,8 +645,15 @@ class DWR(Method):
                 "train_rmse": rmse(model_fn, x, y),
                 "loo_rmse": float(np.sqrt(np.mean(leave_one_out(self.fit_model, x, y) ** 2))),
             }
-            optimum = maximize(model_fn, task.target, dims, o.grid)
+            optimum = self._maximize(col, model_fn, x, task.target, dims)
             info["optimum"] = optimum.to_dict()
+            if o.cost == "measured":
+                info["cost_model"] = col.cost_model().to_dict()
+                info["optimum"]["cost"] = float(col.cost_model()(optimum.point)[0])
+            else:
+                d, w, r = optimum.point
+                info["optimum"]["cost"] = d * w**2 * r**2
+            info["collection_ends"] = {dim: col.lowest(dim) for dim in dims}
             target_point = optimum.point
         else:
             exps = {"depth": 1.0, "width": 2.0, "resolution": 2.0}
@@ -574,6 +673,7 @@ class DWR(Method):
                 f"{achieved:.3f} of baseline FLOPs")  # fmt: skip
         model, history, final = col.finetune(model, pixels, final_epochs, "finetune")
         model.prunelab_input_size = (col.channels, pixels, pixels)
+        model.prunelab_resolution = pixels  # chosen here: the command line resizes inputs to it
         d, w, r, kept = col.shape_of(model, pixels)
         params = sum(p.numel() for p in model.parameters())
         info.update({
@@ -584,6 +684,7 @@ class DWR(Method):
             "within_tolerance": within,
             "finetune": final,
             "final_epochs": final_epochs,
+            "search_seconds": info.get("collection", {}).get("seconds", 0.0),
             "seconds": time.perf_counter() - t0,
             **details,
         })  # fmt: skip

@@ -1,16 +1,21 @@
-"""Training helpers every method shares: fine-tune, and data batches for criteria."""
+"""Training helpers every method shares: fine-tune (and distill), data batches for criteria."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn as nn
 
+from prunelab import io
+from prunelab.data import DataBundle
+from prunelab.errors import ConfigError
 from prunelab.layers import BatchWhitening2d
 from prunelab.methods.base import PruneTask
-from prunelab.train import Callback, Trainer
+from prunelab.train import Callback, Distillation, TrainConfig, Trainer, evaluate_model, task_for
+from prunelab.train.distill import DENSE_TEACHER
 
 
 def fit(
@@ -28,10 +33,28 @@ def fit(
     config = task.train_config(subdir, **changes)
     if config.epochs == 0:
         return model, [], {}
+    callbacks = [*callbacks, *distillation(task, config)]
     trainer = Trainer(model, task.data, config, callbacks=callbacks)
     final = trainer.fit()
     model = trainer.model.to(memory_format=torch.contiguous_format).cpu()
     return model, trainer.history, final
+
+
+def distillation(task: PruneTask, config: TrainConfig) -> list[Distillation]:
+    """The distillation callback `config.distill` asks for (none when it is not set)."""
+    if not config.distill:
+        return []
+    spec = config.distill["teacher"]
+    if spec == DENSE_TEACHER:
+        if task.teacher is None:
+            raise ConfigError(
+                "train.distill.teacher=dense needs a trained dense model: give a checkpoint "
+                "(post-training) or a reference (from scratch), or a teacher file path"
+            )
+        teacher = copy.deepcopy(task.teacher)
+    else:
+        teacher = io.load(spec)
+    return [Distillation(teacher, config.distill["weight"], config.distill["temperature"])]
 
 
 def batches(
@@ -73,6 +96,12 @@ def recalibrate_bn(
     for m, mom in zip(norms, saved, strict=True):
         m.momentum = mom
     return model.eval()
+
+
+def headline(model: nn.Module, data: DataBundle) -> tuple[str, float]:
+    """(name, value) of the data task's headline test metric (classification: top1 in %)."""
+    task = task_for(data)
+    return task.headline, evaluate_model(model, data.test, task)[task.headline]
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ baseline. The pipeline:
    [r_min, 1], rescaled (or rejected) until the cost is within `tolerance`
    of the target (FLOPs = MACs, or params, as a fraction of the dense model);
 3. build each by keeping, in each group, the units a criterion ranks highest
-   (l1 l2 gm taylor es kl bn_scale random);
+   (l1 l2 gm taylor taylor_weight es kl bn_scale random);
 4. score each cheaply (BN recalibration + hold-out accuracy by default, or a
    short fine-tune, or feature-map reconstruction; see random_scoring.py);
 5. fine-tune the best one with the task's recipe.
@@ -206,7 +206,8 @@ class RandomSearchPruning(Method):
         round_to: kept counts are multiples of this (8 keeps CPU/GPU kernels fast;
             the paper does not round: 1).
         shortcuts: also prune residual-coupled groups (a stage keeps one ratio).
-        criterion: channel ranking within a group: l1 l2 gm taylor es kl bn_scale random.
+        criterion: channel ranking within a group: l1 l2 gm taylor (gate) taylor_weight
+            es kl bn_scale random.
         criterion_batches: training batches for data-driven criteria (taylor, es, kl).
         scoring: "bn", "finetune" or "reconstruct" (see random_scoring.py).
         bn_batches: training batches for BN recalibration when scoring.
@@ -348,7 +349,7 @@ class RandomSearchPruning(Method):
             return None
         data = list(batches(task, self.options.criterion_batches))
         stats: dict[str, Any] = {"batches": data}
-        if name == "taylor":
+        if name in ("taylor", "taylor_weight"):
             stats.update(collect_taylor(model, data))
         return stats
 

@@ -8,6 +8,7 @@ has to beat at the same budget and fine-tuning.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prunelab import planners
 from prunelab.criteria import DATA_DRIVEN, collect_taylor
@@ -29,6 +30,10 @@ class UniformPruning(Method):
         shortcuts: bool = True
         criterion_batches: int = 8
 
+    def planner_options(self) -> dict[str, Any]:
+        """How `planners.for_cost` spreads the budget over the layers."""
+        return {"strategy": "uniform"}
+
     def run(self, task: PruneTask) -> PruneResult:
         opts = self.options
         model = task.model.cpu().eval()
@@ -40,6 +45,7 @@ class UniformPruning(Method):
         plan = planners.for_cost(
             model, graph, task.target, metric=task.metric, criterion=opts.criterion,
             round_to=opts.round_to, shortcuts=opts.shortcuts, stats=stats, latency=task.latency,
+            **self.planner_options(),
         )  # fmt: skip
         pruned = prune(model, plan)
         pruned, history, final = fit(task, pruned, "finetune")
@@ -50,3 +56,23 @@ class UniformPruning(Method):
         else:
             info["achieved"] = plan_cost(plan)[task.metric] / base_cost(graph)[task.metric]
         return PruneResult(pruned, history, info)
+
+
+@register_method
+class GlobalRankPruning(UniformPruning):
+    """Global ranking: one score threshold over every layer's channels, then fine-tune.
+
+    Raw norms grow with a layer's fan-in, so scores are divided by their layer's
+    mean first (`normalize="mean"`, as global pruning in Torch-Pruning and NNI
+    does); `normalize="none"` pools the raw scores.
+    """
+
+    name = "global"
+    summary = "one criterion threshold across all layers (global ranking), then fine-tune"
+
+    @dataclass
+    class Options(UniformPruning.Options):
+        normalize: str = "mean"
+
+    def planner_options(self) -> dict[str, Any]:
+        return {"strategy": "global", "normalize": self.options.normalize}

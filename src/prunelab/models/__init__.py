@@ -9,7 +9,14 @@
 Importing this package registers our models (one family per module).
 """
 
-from prunelab.models import cifar_mobilenet, cifar_resnet, cifar_vgg, densenet, wide_resnet
+from prunelab.models import (
+    cifar_mobilenet,
+    cifar_resnet,
+    cifar_vgg,
+    densenet,
+    pointnet2,
+    wide_resnet,
+)
 from prunelab.models.registry import (
     create,
     create_from_arch,
@@ -31,6 +38,7 @@ __all__ = [
     "densenet",
     "is_registered",
     "list_models",
+    "pointnet2",
     "register_model",
     "wide_resnet",
 ]

@@ -1,4 +1,4 @@
-"""`prunelab report RUN...`: several runs in one table and one accuracy-vs-FLOPs plot."""
+"""`prunelab report RUN...`: several runs (or compare folders) in one table and one plot."""
 
 from __future__ import annotations
 
@@ -25,9 +25,23 @@ def read_summary(run: str | Path) -> dict[str, Any]:
         raise CorruptFileError(f"{path} is not valid JSON: {exc}") from exc
 
 
+def expand_compare_folders(runs: list[str | Path]) -> list[Path]:
+    """Run folders, with a `prunelab compare` folder standing for all of its finished arms."""
+    from prunelab.report.leaderboard import read_leaderboard
+
+    out: list[Path] = []
+    for run in runs:
+        board = read_leaderboard(Path(run)) if Path(run).is_dir() else None
+        if board is None:
+            out.append(Path(run))
+        else:
+            out += [Path(r["run_dir"]) for r in board["runs"]]
+    return out
+
+
 def compare_runs(runs: list[str | Path], out: Path) -> tuple[str, Path]:
     """Write out/report.md and out/accuracy_vs_flops.png comparing `runs`; return the table."""
-    summaries = [(Path(r), read_summary(r)) for r in runs]
+    summaries = [(Path(r), read_summary(r)) for r in expand_compare_folders(runs)]
     lines = [
         "| run | method | top-1 (%) | FLOPs (MACs) | params | latency (ms) | speedup |",
         "|---|---|---|---|---|---|---|",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -60,14 +61,15 @@ def measure(
     layouts: dict[str, bool] = {}
     for label, model in models.items():
         x = inputs[label].expand(batch, *inputs[label].shape[1:]).contiguous()
-        for cl in (False, True):
+        for cl in (False, True) if x.dim() == 4 else (False,):  # channels_last: images only
             key = f"{label}/{'cl' if cl else 'nchw'}"
             timed[key], batches[key], layouts[key] = model, x, cl
     stats = compare_latency(timed, batches, repeats=repeats, threads=threads, channels_last=layouts)
     rows: list[ModelStats] = []
     base_ms: float | None = None
     for label, model in models.items():
-        nchw, cl = stats[f"{label}/nchw"].median_ms, stats[f"{label}/cl"].median_ms
+        nchw = stats[f"{label}/nchw"].median_ms
+        cl = stats[f"{label}/cl"].median_ms if f"{label}/cl" in stats else math.inf
         layout, ms = ("channels_last", cl) if cl < nchw else ("NCHW", nchw)
         base_ms = ms if base_ms is None else base_ms
         cost = count(model, inputs[label])
@@ -96,12 +98,14 @@ def _measure_in_runtime(
     return rows
 
 
-def format_table(rows: list[ModelStats], batch: int, threads: int, runtime: str = "torch") -> str:
-    """A markdown table (also readable in a terminal)."""
+def format_table(
+    rows: list[ModelStats], batch: int, threads: int, metric: str = "top-1", runtime: str = "torch"
+) -> str:
+    """A markdown table (also readable in a terminal); `metric` names the accuracy column."""
     base = rows[0]
     where = "CPU latency" if runtime == "torch" else f"{runtime} CPU latency"
     head = (
-        f"| model | top-1 (%) | FLOPs (MACs) | params | {where} (batch {batch}, "
+        f"| model | {metric} (%) | FLOPs (MACs) | params | {where} (batch {batch}, "
         f"{threads} threads) | speedup |"
     )
     lines = [head, "|---|---|---|---|---|---|"]

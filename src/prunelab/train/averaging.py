@@ -115,20 +115,24 @@ class WeightAveraging(Callback):
             self.update(trainer.model)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        if not self.evaluate or self.averaged is None or "test_top1" not in metrics:
+        task = trainer.task
+        if not self.evaluate or self.averaged is None or f"test_{task.headline}" not in metrics:
             return
         with self.swapped_in(trainer.model):
             result = trainer.evaluate(log=False)
-        trainer.log(**{self.metric_key(k): result[k] for k in ("top1", "top5", "loss")})
+        trainer.log(**{self.metric_key(k): result[k] for k in task.metrics})
 
     def metric_key(self, metric: str) -> str:
         """The log field of one of this average's test metrics, e.g. "ema0.999_test_top1"."""
         return f"{self.name}_test_{metric}"
 
     def final_top1(self, trainer: Trainer) -> float:
-        """Test top-1 of the average as evaluated after the last epoch (not evaluated again)."""
+        """The average's test headline metric (top-1 for classification) after the last epoch.
+
+        Read from the last epoch's log, not evaluated again.
+        """
         last = trainer.history[-1] if trainer.history else {}
-        key = self.metric_key("top1")
+        key = self.metric_key(trainer.task.headline)
         if key not in last:
             raise ConfigError(f"weight average {self.name!r} was not evaluated in the last epoch")
         return float(last[key])

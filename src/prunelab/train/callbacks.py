@@ -8,6 +8,8 @@ Order of hooks in `Trainer.fit()`:
         per step:
             on_step_start(batch)        batch = (inputs, targets), already on the device
             forward; loss = task loss + sum of extra_loss(outputs, targets)
+                                        (what inputs, targets and outputs are is the task's:
+                                        classification: images, labels, logits; see tasks.py)
             backward
             after_backward              gradients are unscaled (AMP) and DDP-averaged here
             (gradient clipping, learning rate set, optimizer step)
@@ -69,7 +71,10 @@ class Callback:
         """Before an evaluation (e.g. re-estimate norm statistics for the eval-time model)."""
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """After an evaluation; `metrics` has top1, top5 (percent), loss, samples."""
+        """After an evaluation; `metrics` has the task's metrics (`trainer.task.metrics`), samples.
+
+        Classification: top1, top5 (percent), loss.
+        """
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         """After epoch `epoch` (0-based) trained and maybe evaluated, before the checkpoint.

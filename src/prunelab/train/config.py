@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prunelab.errors import ConfigError
+from prunelab.train.distill import check_distill
 
 _OPTIMIZERS = ("sgd", "adam", "adamw")
 _SCHEDULES = ("step", "cosine", "constant")
@@ -65,6 +66,8 @@ class TrainConfig:
     progress_seconds: float = 30.0
     run_dir: str | None = None
     resume: bool = False
+    # {teacher: dense | PATH, weight: α, temperature: T}: knowledge distillation (train/distill.py)
+    distill: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.channels_last, bool):
@@ -79,6 +82,8 @@ class TrainConfig:
         self.amp = str(self.amp).lower()
         if self.run_dir is not None:
             self.run_dir = str(self.run_dir)
+        if self.distill is not None:
+            self.distill = check_distill(self.distill)
         self.validate()
 
     def validate(self) -> None:

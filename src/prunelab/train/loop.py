@@ -7,8 +7,10 @@
 
 Everything else (schedules, checkpoint files, DDP, progress) lives in its own
 small module; methods hook in through `Callback` (see callbacks.py for the
-order of hooks). Metrics are accumulated as device tensors and read once per
-epoch, so the loop adds no per-step device syncs.
+order of hooks). What a batch, the loss and the metrics are comes from the
+`Task` (tasks.py; classification unless the data names another). Metrics are
+accumulated as device tensors and read once per epoch, so the loop adds no
+per-step device syncs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunelab.data.registry import DataBundle, Loader
@@ -42,6 +43,7 @@ from prunelab.train.checkpoint import (
 from prunelab.train.config import TrainConfig
 from prunelab.train.optim import LRSchedule, build_optimizer, param_groups
 from prunelab.train.progress import METRICS_NAME, MetricsLog, Progress
+from prunelab.train.tasks import Task, task_for
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
@@ -75,12 +77,6 @@ def resolve_amp(spec: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
-def _topk_correct(outputs: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, outputs.shape[1])
-    top = outputs.topk(k, dim=1).indices
-    return (top == targets.view(-1, 1)).any(dim=1).sum()
-
-
 class Trainer:
     """Trains `model` on `data` according to `config`, calling `callbacks` at fixed points.
 
@@ -88,7 +84,8 @@ class Trainer:
     when distributed), optimizer, scheduler (LRSchedule), scaler, epoch
     (0-based current epoch; `config.epochs` after fit), global_step,
     steps_per_epoch, config, device, data, history (per-epoch records),
-    dist (rank, world size), is_main, loss (last step's task loss tensor).
+    dist (rank, world size), is_main, loss (last step's task loss tensor),
+    task (what a batch, the loss and the metrics are; default: the data's task).
     """
 
     def __init__(
@@ -97,8 +94,10 @@ class Trainer:
         data: DataBundle,
         config: TrainConfig | None = None,
         callbacks: Iterable[Callback] = (),
+        task: Task | None = None,
     ) -> None:
         self.config = cfg = config if config is not None else TrainConfig()
+        self.task = task if task is not None else task_for(data)
         self.callbacks = list(callbacks)
         self.dist = D.init_distributed()
         self.is_main = self.dist.is_main
@@ -106,8 +105,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.amp_dtype = resolve_amp(cfg.amp, self.device)
-        self.channels_last = cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and self.device.type == "cuda")
+        self.channels_last = self.task.channels_last and (cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and self.device.type == "cuda"))
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -124,14 +123,14 @@ class Trainer:
         self.steps_per_epoch = min(n_batches, cfg.steps_per_epoch or n_batches)
         if self.steps_per_epoch < 1:
             raise ConfigError(
-                f"the training set gives no full batch: {data.train.num_samples} images, "
+                f"the training set gives no full batch: {data.train.num_samples} samples, "
                 f"batch {data.train.batch_size} x {self.dist.world_size} process(es)")
         self.global_batch = data.train.batch_size * self.dist.world_size
         self.base_lr = cfg.lr * (self.global_batch / cfg.lr_ref_batch if cfg.lr_ref_batch else 1.0)
         self.scheduler = LRSchedule(cfg, self.steps_per_epoch, self.base_lr)
         self.scaler: torch.amp.GradScaler | None = (
             torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = self.task.criterion(cfg)
         self.epoch = 0
         self.global_step = 0
         self.history: list[dict[str, Any]] = []
@@ -145,7 +144,7 @@ class Trainer:
         self._in_epoch = False
         self.optimizer: torch.optim.Optimizer
         self.train_model: nn.Module
-        if cfg.channels_last == "best":
+        if cfg.channels_last == "best" and self.task.channels_last:
             self.channels_last = self._faster_layout_is_channels_last(model, data)
         self._prepare_model(carry_state=False)
 
@@ -161,7 +160,7 @@ class Trainer:
         if self.is_main:
             batch = self.config.batch_size or data.train.batch_size
             x = torch.randn(batch, *data.effective_input_size, device=self.device)
-            y = torch.randint(0, data.num_classes, (batch,), device=self.device)
+            y = self.task.example_targets(batch, self.device)
             fmt = best_memory_format(model.to(self.device), x, train=True, repeats=3,
                                      warmup=1, targets=y)  # fmt: skip
             choice = fmt == torch.channels_last
@@ -217,8 +216,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train for `config.epochs` (continuing from the checkpoint if `config.resume`).
 
-        Returns the final metrics: test top1/top5 (percent) and loss, the last
-        epoch's train loss/top1, epochs, steps and wall time.
+        Returns the final metrics: the task's test metrics (classification:
+        top1/top5 in percent and loss), the last epoch's train loss and train
+        metric (train_top1), epochs, steps and wall time.
         """
         cfg = self.config
         seed_everything(cfg.seed + self.dist.rank)
@@ -265,7 +265,8 @@ class Trainer:
             if self.is_main:
                 self.metrics_log.write({"kind": "epoch", **record})
                 eta = (sum(epoch_times) / len(epoch_times)) * (cfg.epochs - epoch - 1)
-                self.progress.epoch_line(record, cfg.epochs, eta)
+                self.progress.epoch_line(record, cfg.epochs, eta, self.task.metrics,
+                                         self.task.train_metric)
             if self.checkpoint_path is not None and (
                     (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs):
                 self.save_checkpoint()
@@ -283,12 +284,14 @@ class Trainer:
 
     def _final_metrics(self, seconds: float) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
-        if "test_top1" in last:
-            test = {k[5:]: last[k] for k in ("test_top1", "test_top5", "test_loss")}
+        names = self.task.metrics
+        if f"test_{names[0]}" in last:
+            test = {k: last[f"test_{k}"] for k in names}
         else:
             ev = self.evaluate(log=False)
-            test = {k: ev[k] for k in ("top1", "top5", "loss")}
-        return {**test, "train_loss": last.get("train_loss"), "train_top1": last.get("train_top1"),
+            test = {k: ev[k] for k in names}
+        train_key = f"train_{self.task.train_metric}"
+        return {**test, "train_loss": last.get("train_loss"), train_key: last.get(train_key),
                 "epochs": self.epoch, "steps": self.global_step, "time": seconds}
 
     # ------------------------------------------------------------ one epoch
@@ -305,20 +308,18 @@ class Trainer:
             cb.on_epoch_start(self, epoch)
         # a callback may have rebuilt the optimizer / re-wrapped the model
         model, opt = self.train_model, self.optimizer
-        dev = self.device
+        dev, task = self.device, self.task
         loss_sum = torch.zeros((), device=dev)
         extra_sum = torch.zeros((), device=dev)
-        correct = torch.zeros((), device=dev, dtype=torch.long)
+        meter = task.train_meter(dev)
         seen = 0
         has_extra = False
         total = self.steps_per_epoch
         self.progress.start_epoch()
         t0 = time.perf_counter()
-        for i, (x, y) in enumerate(itertools.islice(loader, total)):
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for i, batch in enumerate(itertools.islice(loader, total)):
+            x, y = task.prepare(batch, dev, self.channels_last)
+            n_batch = task.batch_size(y)
             for cb in self.callbacks:
                 cb.on_step_start(self, (x, y))
             if opt is not self.optimizer or model is not self.train_model:
@@ -332,7 +333,7 @@ class Trainer:
                     extra = cb.extra_loss(self, out, y)
                     if extra is not None:
                         full = full + extra
-                        extra_sum += extra.detach().float() * y.shape[0]
+                        extra_sum += extra.detach().float() * n_batch
                         has_extra = True
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -354,24 +355,24 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_step_end(self)
             with torch.no_grad():
-                loss_sum += self.loss.float() * y.shape[0]
-                correct += (out.detach().argmax(dim=1) == y).sum()
-            seen += y.shape[0]
+                loss_sum += self.loss.float() * n_batch
+                meter.update(out, y)
+            seen += n_batch
             if self.progress.due(i + 1, total):
                 self.progress.step_line(epoch + 1, cfg.epochs, i + 1, total,
                                         loss_sum.item() / max(seen, 1),
                                         seen * self.dist.world_size)
         elapsed = time.perf_counter() - t0
-        sums = torch.stack([loss_sum.float(), correct.float(), extra_sum.float(),
+        sums = torch.stack([loss_sum.float(), extra_sum.float(),
                             torch.tensor(float(seen), device=dev)])
-        loss_total, correct_total, extra_total, n = D.all_reduce_sum(sums).tolist()
+        loss_total, extra_total, n = D.all_reduce_sum(sums).tolist()
         n = max(n, 1.0)
         record: dict[str, Any] = {
             "epoch": epoch + 1,
             "step": self.global_step,
             "lr": self.scheduler.lr(max(self.global_step - 1, 0)),  # of the last step
             "train_loss": loss_total / n,
-            "train_top1": 100.0 * correct_total / n,
+            **{f"train_{k}": v for k, v in meter.compute().items()},
         }
         if has_extra:
             record["train_extra_loss"] = extra_total / n
@@ -381,7 +382,7 @@ class Trainer:
     # ----------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, loader: Loader | None = None, *, log: bool = True) -> dict[str, float]:
-        """Top-1/top-5 accuracy (percent) and mean cross-entropy on `loader` (default: test).
+        """The task's metrics on `loader` (default: test); classification: top1/top5 %, loss.
 
         Under DDP each rank evaluates its shard and the sums are all-reduced, so
         every rank returns the metrics of the whole set. Called outside an epoch
@@ -395,27 +396,16 @@ class Trainer:
             D.broadcast_buffers(model)
         was_training = model.training
         model.eval()
-        dev = self.device
-        sums = torch.zeros(4, device=dev, dtype=torch.float64)
+        meter = self.task.eval_meter(self.device)
         try:
-            for x, y in loader:
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
+            for batch in loader:
+                x, y = self.task.prepare(batch, self.device, self.channels_last)
                 with self._autocast():
                     out = model(x)
-                out = out.float()
-                sums[0] += F.cross_entropy(out, y, reduction="sum").double()
-                sums[1] += _topk_correct(out, y, 1)
-                sums[2] += _topk_correct(out, y, 5)
-                sums[3] += y.shape[0]
+                meter.update(out, y)
         finally:
             model.train(was_training)
-        loss_sum, c1, c5, n = D.all_reduce_sum(sums).tolist()
-        denom = max(n, 1.0)
-        metrics = {"top1": 100.0 * c1 / denom, "top5": 100.0 * c5 / denom,
-                   "loss": loss_sum / denom, "samples": int(n)}
+        metrics = meter.compute()
         for cb in self.callbacks:
             cb.on_evaluate(self, metrics)
         if log and not self._in_epoch and self.is_main:

@@ -144,12 +144,17 @@ class Progress:
         self.print(f"  epoch {epoch}/{epochs} {100 * frac:3.0f}% ({step}/{total})  "
                    f"loss {loss:.4f}  {rate:.0f} img/s  epoch ETA {format_seconds(eta)}")
 
-    def epoch_line(self, record: dict[str, Any], epochs: int, eta: float) -> None:
+    def epoch_line(self, record: dict[str, Any], epochs: int, eta: float,
+                   metrics: tuple[str, ...] = ("top1", "top5", "loss"),
+                   train_metric: str = "top1") -> None:
+        """One line per epoch; `metrics` are the task's test metrics (all but loss in %)."""
         parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}",
-                 f"loss {record['train_loss']:.4f}", f"top1 {record['train_top1']:.2f}%"]
-        if "test_top1" in record:
-            parts.append(f"| test top1 {record['test_top1']:.2f}% top5 "
-                         f"{record['test_top5']:.2f}% loss {record['test_loss']:.4f}")
+                 f"loss {record['train_loss']:.4f}",
+                 f"{train_metric} {record[f'train_{train_metric}']:.2f}%"]
+        if f"test_{metrics[0]}" in record:
+            shown = [f"{k} {record[f'test_{k}']:.4f}" if k == "loss" else
+                     f"{k} {record[f'test_{k}']:.2f}%" for k in metrics]
+            parts.append("| test " + " ".join(shown))
         parts += [f"| lr {record['lr']:.4g}", f"{record['img_per_s']:.0f} img/s",
                   f"{format_seconds(record['time'])}", f"ETA {format_seconds(eta)}"]
         self.print("  ".join(parts))

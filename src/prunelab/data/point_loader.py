@@ -1,0 +1,149 @@
+"""Batches of point clouds from memory, with the PointNet++ training augmentation.
+
+Clouds are held as one (N, P, 3) float tensor of centred, unit-sphere points;
+batches come out as (B, 3, P), the layout point networks convolve over. The
+augmentation is the one of the PointNet++ reference training script
+(`provider.py` of charlesq34/pointnet2), applied per cloud:
+
+- point dropout: drop each point with probability r ~ U(0, 0.875) (r drawn per
+  cloud) by overwriting it with the cloud's first point, so every cloud keeps
+  P points;
+- random scale s ~ U(0.8, 1.25) and shift t ~ U(-0.1, 0.1) per axis;
+- jitter: Gaussian noise of sigma 0.01 clipped to +-0.05 per coordinate.
+
+All random numbers of an epoch come from the loader's own generator, drawn
+up front, so a checkpoint of the generator state continues the run exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prunelab.data.loader import dist_rank_world, shard_positions
+from prunelab.errors import ConfigError, CorruptFileError
+
+
+@dataclass(frozen=True)
+class PointAugment:
+    """Strength of each PointNet++ augmentation; 0 (or 1 for scales) turns one off."""
+
+    max_dropout: float = 0.875
+    scale_low: float = 0.8
+    scale_high: float = 1.25
+    shift: float = 0.1
+    jitter_sigma: float = 0.01
+    jitter_clip: float = 0.05
+
+
+def draw_point_augment(n: int, p: int, aug: PointAugment, gen: torch.Generator
+                       ) -> dict[str, torch.Tensor]:
+    """Random parameters of one epoch for `n` clouds of `p` points."""
+    ratio = torch.rand(n, 1, generator=gen) * aug.max_dropout
+    drop = torch.rand(n, p, generator=gen) <= ratio
+    scale = torch.empty(n, 1, 3).uniform_(aug.scale_low, aug.scale_high, generator=gen)
+    shift = torch.empty(n, 1, 3).uniform_(-aug.shift, aug.shift, generator=gen)
+    noise = (torch.randn(n, p, 3, generator=gen) * aug.jitter_sigma).clamp_(
+        -aug.jitter_clip, aug.jitter_clip)
+    return {"drop": drop, "scale": scale, "shift": shift, "noise": noise}
+
+
+def apply_point_augment(points: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Augment a (B, P, 3) batch with parameters from `draw_point_augment` (same rows)."""
+    first = points[:, :1, :].expand_as(points)
+    x = torch.where(params["drop"].unsqueeze(-1), first, points)
+    return x * params["scale"] + params["shift"] + params["noise"]
+
+
+class PointCloudLoader:
+    """Iterates ((B, 3, P) float points, (B,) int64 labels) from in-memory clouds.
+
+    `indices` restricts the loader to a subset; under torch.distributed each
+    rank takes its shard of the epoch's shared order (see `shard_positions`).
+    """
+
+    resolution: int | None = None  # images only; kept for the Loader protocol
+
+    def __init__(
+        self,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        indices: torch.Tensor | None = None,
+        shuffle: bool = False,
+        augment: PointAugment | None = None,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if points.dim() != 3 or points.shape[2] != 3 or not points.is_floating_point():
+            raise ConfigError(f"points must be a float (N, P, 3) tensor, got {points.dtype} "
+                              f"{tuple(points.shape)}")
+        if labels.shape[0] != points.shape[0]:
+            raise ConfigError(f"{points.shape[0]} clouds but {labels.shape[0]} labels")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.points = points
+        self.labels = labels.long()
+        self.indices = None if indices is None else indices.long().cpu()
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.augment = augment
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def num_samples(self) -> int:
+        return self.points.shape[0] if self.indices is None else self.indices.numel()
+
+    def _my_positions(self) -> torch.Tensor:
+        rank, world = dist_rank_world()
+        return shard_positions(self.num_samples, rank, world, even=self.shuffle,
+                               drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        n = self._my_positions().numel()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, p = self.num_samples, self.points.shape[1]
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        params = draw_point_augment(n, p, self.augment, self.generator) if self.augment else None
+        self.epoch += 1
+        pos = self._my_positions()
+        order = order[pos]
+        if params is not None:
+            params = {k: v[pos].to(self.points.device) for k, v in params.items()}
+        if self.indices is not None:
+            order = self.indices[order]
+        bs = self.batch_size
+        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
+        order_dev = order.to(self.points.device)
+        for start in range(0, stop, bs):
+            idx = order_dev[start:start + bs]
+            x = self.points.index_select(0, idx)
+            if params is not None:
+                x = apply_point_augment(x, {k: v[start:start + bs] for k, v in params.items()})
+            yield x.transpose(1, 2).contiguous(), self.labels.index_select(0, idx)
+
+    def to(self, device: torch.device | str) -> PointCloudLoader:
+        self.points = self.points.to(device)
+        self.labels = self.labels.to(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "points", "epoch": self.epoch, "seed": self.seed,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.epoch = int(state["epoch"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CorruptFileError(f"data loader state is not a PointCloudLoader state: {exc}"
+                                   ) from exc

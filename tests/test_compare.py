@@ -1,0 +1,133 @@
+"""`prunelab compare` end to end on synthetic data: leaderboard files, resume, budget checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from prunelab import io, models
+from prunelab.cli import main
+from prunelab.cli.compare_cmd import expand_arms, load_compare
+from prunelab.errors import ConfigError
+from prunelab.train import loop
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _config(tmp_path: Path, **changes) -> Path:
+    checkpoint = tmp_path / "dense.pt"
+    if not checkpoint.exists():
+        io.save(models.create("resnet20", num_classes=10), checkpoint)
+    config = {
+        "name": "tiny",
+        "budget_epochs": 2,
+        "baseline": "uniform",
+        "base": {
+            "model": "resnet20",
+            "checkpoint": str(checkpoint),
+            "data": {"name": "synthetic", "n_train": 96, "n_test": 32, "batch_size": 32},
+            "target": 0.5,
+            "train": {"epochs": 2, "steps_per_epoch": 2, "lr": 0.05, "channels_last": "off",
+                      "threads": 1},
+            "latency": {"batch": 2, "threads": 1, "repeats": 2},
+        },
+        "arms": {
+            "uniform": {"method": {"name": "uniform", "criterion": "l1", "round_to": 1}},
+            "global": {"method": {"name": "global", "criterion": "l1", "round_to": 1}},
+        },
+        **changes,
+    }
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _rows(folder: Path) -> list[tuple]:
+    board = json.loads((folder / "leaderboard.json").read_text())
+    return [(r["arm"], r["top1"], r["flops"], r["params"], r["train_epochs"])
+            for r in board["rows"]]  # fmt: skip
+
+
+def test_two_arm_compare_writes_table_plot_and_json(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", str(_config(tmp_path)), "--quiet", "--run-dir", str(out)]) == 0
+    for name in ("leaderboard.md", "leaderboard.json", "leaderboard.png", "compare.yaml"):
+        assert (out / name).is_file(), name
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {r["arm"] for r in board["rows"]} == {"uniform", "global"}
+    tops = [r["top1"] for r in board["rows"]]
+    assert tops == sorted(tops, reverse=True)  # sorted by top-1
+    uniform = next(r for r in board["rows"] if r["arm"] == "uniform")
+    assert uniform["delta_baseline"] == 0.0
+    assert uniform["delta_dense"] == pytest.approx(uniform["top1"] - board["dense"]["top1"])
+    for r in board["rows"]:
+        assert r["train_epochs"] == 2 and r["on_budget"] and r["latency_ms"] > 0
+        assert abs(r["flops_ratio"] - 0.5) <= 0.01
+        run = Path(r["runs"][0])
+        assert (run / "model.pt").is_file() and (run / "summary.json").is_file()
+    table = (out / "leaderboard.md").read_text()
+    assert "| dense |" in table and "Δ uniform" in table
+    # `prunelab report` reads the compare folder as its arms
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert "global-s0" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_killed_compare_resumes_without_rerunning_a_finished_arm(tmp_path, monkeypatch) -> None:
+    config = _config(tmp_path)
+    reference = tmp_path / "ref"
+    assert main(["compare", str(config), "--quiet", "--run-dir", str(reference)]) == 0
+
+    out = tmp_path / "cmp"
+    real_epoch = loop.Trainer._train_epoch
+
+    def dies_in_the_second_arm(self, epoch):
+        if "global" in str(self.run_dir) and epoch == 1:
+            raise KeyboardInterrupt  # killed in the second epoch of the second arm
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(loop.Trainer, "_train_epoch", dies_in_the_second_arm)
+    assert main(["compare", str(config), "--quiet", "--run-dir", str(out)]) == 130
+    first = out / "arms" / "uniform-s0" / "summary.json"
+    assert first.is_file() and not (out / "arms" / "global-s0" / "summary.json").exists()
+    stamp = first.stat().st_mtime_ns
+    monkeypatch.setattr(loop.Trainer, "_train_epoch", real_epoch)
+
+    assert main(["compare", str(config), "--quiet", "--run-dir", str(out)]) == 0
+    assert first.stat().st_mtime_ns == stamp  # the finished arm was not rerun
+    log = out / "arms" / "global-s0" / "finetune" / "metrics.jsonl"
+    starts = [json.loads(x) for x in log.read_text().splitlines() if '"start"' in x]
+    assert starts[-1]["resumed"] and starts[-1]["epoch"] == 1
+    assert _rows(out) == _rows(reference)  # the same table as an uninterrupted compare
+
+
+def test_arm_with_another_training_budget_is_refused(tmp_path: Path, capsys) -> None:
+    config = _config(tmp_path)
+    long = ["arms.global.train.epochs=3"]
+    assert main(["compare", str(config), *long, "--quiet", "--run-dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "arm global trains 3 epochs" in err[0] and "budget_note" in err[0]
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+    noted = load_compare(str(config), [*long, "arms.global.budget_note=longer on purpose"])
+    assert [s.train_epochs for s in expand_arms(noted)] == [2, 3]
+
+
+def test_kd_twins_seeds_and_pretrain_budget(tmp_path: Path) -> None:
+    config = load_compare(str(_config(tmp_path)), [
+        "kd=both", "seeds=[0, 1]", "arms.scratch.pretrain.epochs=1",
+        "arms.scratch.method.name=uniform", "arms.scratch.train.epochs=1",
+    ])  # fmt: skip
+    specs = expand_arms(config)
+    names = sorted({s.folder_name for s in specs})
+    assert "uniform+kd-s1" in names and "scratch-s0" in names and len(specs) == 12
+    kd = next(s for s in specs if s.arm == "global+kd")
+    assert kd.config["train"]["distill"]["teacher"] == "dense"
+    assert next(s for s in specs if s.arm == "scratch").train_epochs == 2  # 1 + 1
+    with pytest.raises(ConfigError, match="kd must be one of"):
+        expand_arms(load_compare(str(_config(tmp_path)), ["kd=sometimes"]))
+    with pytest.raises(ConfigError, match=r"no arm\(s\)"):
+        from prunelab.cli.compare_cmd import run_compare
+
+        run_compare(str(_config(tmp_path)), [], arms=["nope"], run_dir=str(tmp_path / "x"))

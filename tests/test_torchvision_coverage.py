@@ -1,0 +1,66 @@
+"""Every torchvision classification, segmentation and detection model prunes, or is refused.
+
+A model that prunes holds the engine's contracts at ~50% of every group (masked
+== pruned outputs, planned cost == counted cost). A model in REFUSED must be
+refused with one UnsupportedModelError that names the op it stops at; a refused
+model that starts to prune fails here too, so the list (and the counts in the
+README, from bench/model_coverage.py) cannot go stale.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunelab.graph.selfcheck import check_prunes, randomize_norms
+from prunelab.models.torchvision_catalog import TorchvisionCase, build_case, torchvision_cases
+
+# model -> the op its refusal must name
+REFUSED: dict[str, str] = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": "python control flow",
+    "fasterrcnn_mobilenet_v3_large_fpn": "python control flow",
+    "fasterrcnn_resnet50_fpn": "python control flow",
+    "fasterrcnn_resnet50_fpn_v2": "python control flow",
+    "fcos_resnet50_fpn": "python control flow",
+    "keypointrcnn_resnet50_fpn": "python control flow",
+    "maskrcnn_resnet50_fpn": "python control flow",
+    "maskrcnn_resnet50_fpn_v2": "python control flow",
+    "retinanet_resnet50_fpn": "python control flow",
+    "retinanet_resnet50_fpn_v2": "python control flow",
+    "ssd300_vgg16": "python control flow",
+    "ssdlite320_mobilenet_v3_large": "python control flow",
+    "maxvit_t": "Tensor.reshape",
+    "swin_b": "shifted_window_attention",
+    "swin_s": "shifted_window_attention",
+    "swin_t": "shifted_window_attention",
+    "swin_v2_b": "Tensor.view",
+    "swin_v2_s": "Tensor.view",
+    "swin_v2_t": "Tensor.view",
+    "vit_b_16": "torch.cat",
+    "vit_b_32": "torch.cat",
+    "vit_h_14": "torch.cat",
+    "vit_l_16": "torch.cat",
+    "vit_l_32": "torch.cat",
+}
+_SLOW = {"regnet_y_128gf", "regnet_y_32gf", "vit_h_14", "vit_l_32", "wide_resnet101_2", "swin_b"}
+
+
+def _param(case: TorchvisionCase) -> object:
+    slow = case.name in _SLOW or case.task == "detection"
+    return pytest.param(case, id=case.name, marks=[pytest.mark.slow] if slow else [])
+
+
+@pytest.mark.parametrize("case", [_param(c) for c in torchvision_cases()])
+def test_model_prunes_or_is_refused_clearly(case: TorchvisionCase) -> None:
+    torch.manual_seed(0)
+    model = randomize_norms(build_case(case))
+    x = torch.randn(case.batch, 3, case.image_size, case.image_size)
+    result = check_prunes(model, x, flops_ratio=False, copy_model=False)
+    if case.name in REFUSED:
+        assert result.refused is not None, f"{case.name} prunes now: take it out of REFUSED"
+        msg = str(result.refused)
+        assert msg.startswith("unsupported op") and REFUSED[case.name] in msg, msg
+        assert "\n" not in msg
+    else:
+        assert result.refused is None, str(result.refused)
+        assert result.passed, result
