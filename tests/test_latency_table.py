@@ -66,7 +66,7 @@ def test_spec_keys_are_checked() -> None:
         LatencySpec.from_config({"runtime": "tensorrt"})
     with pytest.raises(ConfigError, match="torch runtime only"):
         LatencySpec.from_config({"runtime": "onnxruntime", "layout": "channels_last"})
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(ConfigError, match=r"latency\.batch=0 must be a whole number >= 1"):
         LatencySpec.from_config({"batch": 0})
 
 
