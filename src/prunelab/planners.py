@@ -7,7 +7,7 @@ and keeps the highest-scoring units. They differ in how counts are chosen:
 - `per_group`: explicit fractions by group index or name;
 - `global_rank`: one threshold over scores pooled across groups;
 - `for_cost`: whatever fraction (uniform or global) meets a target cost,
-  e.g. 50% of the baseline FLOPs, within a tolerance.
+  e.g. 50% of the baseline FLOPs, or of the measured latency, within a tolerance.
 
 Kept counts can be rounded to a multiple (8, 16) so the pruned layers stay on
 the fast paths of CPU and GPU kernels.
@@ -24,9 +24,10 @@ import torch.nn as nn
 
 from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError
-from prunelab.graph.cost import PlanCost, base_cost, cost_model
+from prunelab.graph.cost import cost_model
 from prunelab.graph.groups import ChannelGraph, Group
 from prunelab.graph.plan import Plan, add_survivors, round_keep
+from prunelab.latency_table import LatencySpec, LatencyTable, latency_table, measured_ratio
 
 Scores = dict[int, torch.Tensor]
 
@@ -136,15 +137,19 @@ def for_cost(
     model: nn.Module,
     graph: ChannelGraph,
     target: float,
-    metric: Literal["flops", "params"] = "flops",
+    metric: Literal["flops", "params", "latency"] = "flops",
     criterion: str = "l1",
     strategy: Literal["uniform", "global"] = "uniform",
-    round_to: int = 1,
+    round_to: int | Literal["auto"] = 1,
     tolerance: float = 0.01,
     shortcuts: bool = True,
     normalize: Literal["none", "max", "mean"] = "none",
     stats: Mapping[str, Any] | None = None,
     scores: Scores | None = None,
+    latency: LatencySpec | Mapping[str, Any] | LatencyTable | None = None,
+    verify: bool = True,
+    verify_tolerance: float = 0.05,
+    max_nudges: int = 3,
 ) -> Plan:
     """The plan whose cost is `target` x the baseline's, within `tolerance` (relative).
 
@@ -153,53 +158,127 @@ def for_cost(
     both then adjust single groups by one step (one unit or `round_to`) to land
     inside the tolerance. A target below what one kept unit per group costs,
     or outside (0, 1], raises InfeasibleBudgetError.
+
+    `metric="latency"` budgets the measured latency under `latency` (a
+    LatencySpec or its mapping: batch, threads, runtime, layout; or a ready
+    LatencyTable): plans are costed by the cached per-layer table
+    (`prunelab.latency_table`), then, with `verify`, the chosen plan's model
+    is timed against the dense one and the table's target nudged (up to
+    `max_nudges` times) until the measured ratio is within `verify_tolerance`
+    (relative) of `target`; the closest plan is returned and what was measured
+    is kept in `plan.notes["latency"]`. `round_to="auto"` takes the channel
+    multiple the table measured as fastest (1 for FLOPs and params).
     """
     if not 0 < target <= 1:
         raise InfeasibleBudgetError(f"target {metric} fraction must be in (0, 1], got {target}")
+    if metric not in ("flops", "params", "latency"):
+        raise ConfigError(f"metric must be 'flops', 'params' or 'latency', got {metric!r}")
     groups = select_groups(graph, shortcuts)
     if not groups:
         raise InfeasibleBudgetError("the model has no prunable channel groups")
     scores = scores or score_groups(model, groups, criterion, stats)
-    base = base_cost(graph)[metric]
-    goal = target * base
-    step = {g.index: max(1, round_to) if g.size >= round_to else 1 for g in groups}
+    table = _table_for(model, graph, latency) if metric == "latency" else None
+    if round_to == "auto":
+        round_to = table.round_to if table is not None else 1
+    costs = _CountsCost(graph, scores, metric, table)
+    search = _CostSearch(graph, groups, scores, costs, strategy, round_to, normalize, shortcuts)
+    plan = plan_from_counts(graph, scores, search.counts_for(target, tolerance))
+    if table is None or not verify:
+        return plan
+    return _verified(model, graph, scores, search, table, latency, plan, target, tolerance,
+                     verify_tolerance, max_nudges)  # fmt: skip
 
-    def counts_at(frac: float) -> dict[int, int]:
-        if strategy == "uniform":
-            return {g.index: round_keep(frac * g.size, g.size, round_to) for g in groups}
-        if strategy == "global":
-            return _global_counts(groups, _normalized(scores, normalize), frac, round_to)
-        raise ConfigError(f"unknown strategy {strategy!r}; use 'uniform' or 'global'")
 
-    costs = _CountsCost(graph, scores)
+class _CostSearch:
+    """Kept counts per group whose cost is a given fraction of the baseline's."""
 
-    def cost(counts: Mapping[int, int]) -> int:
-        return costs(counts)[metric]
+    def __init__(self, graph: ChannelGraph, groups: list[Group], scores: Scores,
+                 costs: _CountsCost, strategy: str, round_to: int, normalize: str,
+                 shortcuts: bool) -> None:  # fmt: skip
+        if strategy not in ("uniform", "global"):
+            raise ConfigError(f"unknown strategy {strategy!r}; use 'uniform' or 'global'")
+        self.groups, self.costs, self.strategy, self.round_to = groups, costs, strategy, round_to
+        self.scores = _normalized(scores, normalize)
+        self.shortcuts = shortcuts
+        self.base = costs({})
+        self.step = {g.index: max(1, round_to) if g.size >= round_to else 1 for g in groups}
 
-    smallest = counts_at(0.0)
-    if cost(smallest) > goal * (1 + tolerance):
-        raise InfeasibleBudgetError(
-            f"cannot reach {target:.1%} of baseline {metric}: keeping the minimum in every "
-            f"prunable group still costs {cost(smallest) / base:.1%}"
-            + ("" if shortcuts else " (shortcut groups are excluded)")
-        )
-    lo, hi = 0.0, 1.0  # cost(counts_at(lo)) <= goal < cost(counts_at(hi)), unless hi fits
-    if cost(counts_at(hi)) <= goal:
-        return plan_from_counts(graph, scores, counts_at(hi))
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if cost(counts_at(mid)) <= goal:
-            lo = mid
-        else:
-            hi = mid
-    counts = _refine(counts_at(lo), step, {g.index: g.size for g in groups}, cost, goal, tolerance)
-    achieved = cost(counts)
-    if abs(achieved - goal) > tolerance * goal:
-        raise InfeasibleBudgetError(
-            f"no plan found within {tolerance:.1%} of {target:.1%} {metric}: closest is "
-            f"{achieved / base:.2%} (try a smaller round_to or a larger tolerance)"
-        )
-    return plan_from_counts(graph, scores, counts)
+    def counts_at(self, frac: float) -> dict[int, int]:
+        if self.strategy == "uniform":
+            return {g.index: round_keep(frac * g.size, g.size, self.round_to) for g in self.groups}
+        return _global_counts(self.groups, self.scores, frac, self.round_to)
+
+    def counts_for(self, target: float, tolerance: float) -> dict[int, int]:
+        cost, base, metric = self.costs, self.base, self.costs.metric
+        goal = target * base
+        smallest = self.counts_at(0.0)
+        if cost(smallest) > goal * (1 + tolerance):
+            raise InfeasibleBudgetError(
+                f"cannot reach {target:.1%} of baseline {metric}: keeping the minimum in every "
+                f"prunable group still costs {cost(smallest) / base:.1%}"
+                + ("" if self.shortcuts else " (shortcut groups are excluded)")
+            )
+        lo, hi = 0.0, 1.0  # cost(counts_at(lo)) <= goal < cost(counts_at(hi)), unless hi fits
+        if cost(self.counts_at(hi)) <= goal:
+            return self.counts_at(hi)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if cost(self.counts_at(mid)) <= goal:
+                lo = mid
+            else:
+                hi = mid
+        sizes = {g.index: g.size for g in self.groups}
+        counts = _refine(self.counts_at(lo), self.step, sizes, cost, goal, tolerance)
+        achieved = cost(counts)
+        if abs(achieved - goal) > tolerance * goal:
+            raise InfeasibleBudgetError(
+                f"no plan found within {tolerance:.1%} of {target:.1%} {metric}: closest is "
+                f"{achieved / base:.2%} (try a smaller round_to or a larger tolerance)"
+            )
+        return counts
+
+
+def _table_for(model: nn.Module, graph: ChannelGraph, latency: Any) -> LatencyTable:
+    if isinstance(latency, LatencyTable):
+        return latency
+    return latency_table(model, graph, LatencySpec.from_config(latency))
+
+
+def _verified(model: nn.Module, graph: ChannelGraph, scores: Scores, search: _CostSearch,
+              table: LatencyTable, latency: Any, plan: Plan, target: float, tolerance: float,
+              verify_tolerance: float, max_nudges: int) -> Plan:  # fmt: skip
+    """Time the plan's model; while it misses the target, re-aim the table and plan again."""
+    from prunelab.graph import prune  # surgery is only needed here
+
+    spec = LatencySpec.from_config(table.spec if isinstance(latency, LatencyTable) else latency)
+    x = torch.zeros(graph.input_shape)
+    aim, tried = target, []
+    for attempt in range(max_nudges + 1):
+        ratio, _ = measured_ratio(model, prune(model, plan), x, spec)
+        predicted = search.costs(_counts_of(plan)) / search.base
+        tried.append({"aim": aim, "predicted": predicted, "measured": ratio, "plan": plan})
+        if abs(ratio / target - 1) <= verify_tolerance or attempt == max_nudges:
+            break
+        # Divide out the table's error (measured / predicted), taken as the median over the
+        # attempts so far: one noisy timing on a loaded machine must not swing the aim.
+        error = float(np.median([t["measured"] / t["predicted"] for t in tried]))
+        aim = min(1.0, target / error)
+        try:
+            plan = plan_from_counts(graph, scores, search.counts_for(aim, tolerance))
+        except InfeasibleBudgetError:
+            break
+    best = min(tried, key=lambda t: abs(t["measured"] / target - 1))
+    best["plan"].notes["latency"] = {
+        "target": target, "measured": best["measured"], "predicted": best["predicted"],
+        "met": abs(best["measured"] / target - 1) <= verify_tolerance, "spec": spec.key(),
+        "round_to": search.round_to,
+        "attempts": [{k: v for k, v in t.items() if k != "plan"} for t in tried],
+    }  # fmt: skip
+    return best["plan"]
+
+
+def _counts_of(plan: Plan) -> dict[int, int]:
+    return {g: len(k) for g, k in plan.keep.items()}
 
 
 def _refine(
@@ -232,10 +311,11 @@ def _refine(
 
 
 class _CountsCost:
-    """Cost of kept counts per group; each group's mask at each count is made once."""
+    """Cost in `metric` of kept counts per group; each group's mask at each count is made once."""
 
-    def __init__(self, graph: ChannelGraph, scores: Scores) -> None:
-        self.graph, self.scores = graph, scores
+    def __init__(self, graph: ChannelGraph, scores: Scores, metric: str = "flops",
+                 table: LatencyTable | None = None) -> None:  # fmt: skip
+        self.graph, self.scores, self.metric, self.table = graph, scores, metric, table
         self.model = cost_model(graph)
         self._masks: dict[tuple[int, int], np.ndarray] = {}
 
@@ -246,8 +326,11 @@ class _CountsCost:
             self._masks[(g, n)] = mask
         return self._masks[(g, n)]
 
-    def __call__(self, counts: Mapping[int, int]) -> PlanCost:
-        return self.model.cost({g: self.mask(g, n) for g, n in counts.items()})
+    def __call__(self, counts: Mapping[int, int]) -> float:
+        masks = {g: self.mask(g, n) for g, n in counts.items()}
+        if self.table is not None:
+            return self.table.predict(self.graph, masks)
+        return self.model.cost(masks)[self.metric]
 
 
 def _normalized(scores: Scores, how: str) -> Scores:

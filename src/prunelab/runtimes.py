@@ -26,7 +26,7 @@ from prunelab.exporter import onnx_bytes
 from prunelab.metrics.latency import LatencyStats, time_callables
 from prunelab.optional import require
 
-__all__ = ["RUNTIMES", "check_runtime", "compare_in_runtime", "make_runner"]
+__all__ = ["RUNTIMES", "check_runtime", "compare_in_runtime", "make_runner", "onnx_runner"]
 
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 
@@ -53,10 +53,16 @@ def make_runner(
     model = copy.deepcopy(model).cpu().eval()
     if runtime == "torch":
         return _torch_runner(model, x, channels_last)
-    data = onnx_bytes(model, _two_of(x))
+    return onnx_runner(onnx_bytes(model, _two_of(x)), x, runtime, threads)
+
+
+def onnx_runner(data: bytes, x: torch.Tensor, runtime: str, threads: int) -> Runner:
+    """A call that runs the ONNX model `data` on the batch `x` in onnxruntime or openvino."""
     if runtime == "onnxruntime":
         return _onnxruntime_runner(data, x.numpy(), threads)
-    return _openvino_runner(data, x.numpy(), threads)
+    if runtime == "openvino":
+        return _openvino_runner(data, x.numpy(), threads)
+    raise ConfigError(f"runtime {runtime!r} does not run ONNX files; use onnxruntime or openvino")
 
 
 def compare_in_runtime(

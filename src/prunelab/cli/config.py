@@ -8,7 +8,7 @@ A configuration is a nested dict with these top-level keys:
     data: {name: cifar10_jpg, batch_size: 128, holdout: 0, ...}   # build_data arguments
     method: {name: random, <option>: value, ...}                  # prunelab methods
     target: 0.5                  # cost to reach, as a fraction of the dense model
-    metric: flops                # flops (MACs) or params
+    metric: flops                # flops (MACs), params or latency (measured, see `latency`)
     train: {epochs: ..., lr: ...}                                 # TrainConfig fields
     average: {decay: 0.999, start_epoch: 0}   # `prunelab train`: keep and save a weight
                                  # average (EMA; decay null = uniform/SWA), or null for none
@@ -169,8 +169,10 @@ def check_config(config: dict[str, Any]) -> None:
         if not _fits(target, float) or not 0 < target <= 1:
             raise ConfigError(f"target={target!r} must be a number in (0, 1], the fraction of "
                               "the dense model's cost to keep (e.g. target=0.5)")
-    if config.get("metric", "flops") not in ("flops", "params"):
-        raise ConfigError(f"metric must be 'flops' or 'params', got {config['metric']!r}")
+    if config.get("metric", "flops") not in ("flops", "params", "latency"):
+        raise ConfigError(
+            f"metric must be 'flops', 'params' or 'latency', got {config['metric']!r}"
+        )
     seed = config.get("seed", 0)
     if not _fits(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
@@ -178,13 +180,9 @@ def check_config(config: dict[str, Any]) -> None:
         raise ConfigError(f"quiet={config['quiet']!r} must be true or false")
     if not isinstance(config.get("method") or {}, dict):
         raise ConfigError("config 'method' must be a method name or a mapping with a name")
-    latency = config.get("latency") or {}
-    unknown = sorted(set(latency) - set(LATENCY))
-    if unknown:
-        raise ConfigError(f"unknown latency option(s) {unknown}; known: {sorted(LATENCY)}")
-    for key, value in latency.items():
-        if not _fits(value, int) or value < 1:
-            raise ConfigError(f"latency.{key}={value!r} must be a whole number >= 1")
+    from prunelab.latency_table import LatencySpec  # keys, types and ranges of `latency:`
+
+    LatencySpec.from_config({**LATENCY, **(config.get("latency") or {})})
 
 
 def typed(values: dict[str, Any], hints: dict[str, Any], where: str) -> dict[str, Any]:

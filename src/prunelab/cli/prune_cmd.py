@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from prunelab.cli.setup import (
     train_config,
 )
 from prunelab.errors import ConfigError
+from prunelab.latency_table import LatencySpec
 from prunelab.methods import PruneTask
 from prunelab.methods.finetune import headline
 from prunelab.report import (
@@ -50,6 +52,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     name, method = make_method(config)
     target = float(config.get("target", 0.5))
     metric = str(config.get("metric", "flops"))
+    # the latency budget's and the report's timing settings (keys checked by check_inputs)
+    spec = LatencySpec.from_config({**LATENCY, **(config.get("latency") or {})})
     out = run_dir(config, "prune")
     check_writable(out)
     # run_dir lets `train.resume` validate; each training of the method gets its own subfolder
@@ -77,6 +81,7 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
         model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
         run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
         teacher=dense if dense_top1 is not None else None,
+        latency=asdict(spec),
     )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
@@ -85,15 +90,14 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     say(config, "evaluating the pruned model")
     metric_name, pruned_top1 = headline(pruned, data)
 
-    lat = {**LATENCY, **(config.get("latency") or {})}
-    say(config, f"timing both models (batch {lat['batch']}, {lat['threads']} threads)")
+    say(config, f"timing both models (batch {spec.batch}, {spec.threads} threads, {spec.runtime})")
     rows = measure(
         {"dense": dense, "pruned": pruned},
         {"dense": dense_input, "pruned": pruned_input},
         {"dense": dense_top1, "pruned": pruned_top1},
-        batch=int(lat["batch"]), threads=int(lat["threads"]), repeats=int(lat["repeats"]),
+        batch=spec.batch, threads=spec.threads, repeats=spec.repeats, runtime=spec.runtime,
     )  # fmt: skip
-    table = format_table(rows, int(lat["batch"]), int(lat["threads"]), metric_label(metric_name))
+    table = format_table(rows, spec.batch, spec.threads, metric_label(metric_name), spec.runtime)
     io.save(
         pruned,
         out / "model.pt",

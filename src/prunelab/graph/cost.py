@@ -77,6 +77,13 @@ class CostModel:
                 np.subtract.at(sizes, slots, owned @ gone.astype(np.int64))
         return sizes
 
+    def layer_widths(
+        self, keep: Mapping[int, torch.Tensor | np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each layer's weight dims 0 and 1 (out, in per group), in `graph.layers` order."""
+        sizes = self.sizes(keep)
+        return sizes[self._out], sizes[self._in]
+
     def cost(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> PlanCost:
         sizes = self.sizes(keep)
         flops = int((self._factor * sizes[self._out] * sizes[self._in]).sum())

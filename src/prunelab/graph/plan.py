@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,6 +34,8 @@ class Plan:
 
     graph: ChannelGraph
     keep: dict[int, torch.Tensor] = field(default_factory=dict)
+    # what the planner measured or decided on the way (e.g. a latency verification)
+    notes: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.keep = {int(g): _as_index(k) for g, k in self.keep.items()}

@@ -29,7 +29,9 @@ class PruneTask:
 
     `model` is trained for post-training methods and freshly initialised (or
     pretrained) for training-time ones. `target` is the cost to reach as a
-    fraction of the dense model's `metric` ("flops": MACs, or "params").
+    fraction of the dense model's `metric` ("flops": MACs, "params", or
+    "latency": measured under `latency`, a `prunelab.latency_table.LatencySpec`
+    mapping of batch, threads, runtime and layout).
     `train` is the recipe for the training the method does (fine-tuning, or
     training from scratch); `run_dir` is where the method may write files.
     """
@@ -44,6 +46,15 @@ class PruneTask:
     quiet: bool = False
     # The trained dense model (None when there is none): the `train.distill` teacher "dense".
     teacher: nn.Module | None = None
+    latency: dict[str, Any] | None = None
+
+    def require_metric(self, method: str, *metrics: str) -> None:
+        """One clear error when this method cannot budget the task's metric."""
+        if self.metric not in metrics:
+            raise ConfigError(
+                f"{method} budgets {' or '.join(metrics)}, not {self.metric}; "
+                f"use metric={metrics[0]} (metric=latency: methods uniform, global)"
+            )
 
     @property
     def example_input(self) -> torch.Tensor:

@@ -630,6 +630,7 @@ class BWCP(Method):
     Options = BWCPOptions
 
     def run(self, task: PruneTask) -> PruneResult:
+        task.require_metric("bwcp", "flops", "params")
         opts: BWCPOptions = self.options
         opts.validate()
         if task.train.epochs < 1:

@@ -528,6 +528,7 @@ class Chex(Method):
         o.interval = int(o.interval)
 
     def run(self, task: PruneTask) -> PruneResult:
+        task.require_metric("chex", "flops", "params")
         if task.train.epochs < 1:
             raise ConfigError("chex prunes while training: train.epochs must be >= 1")
         if not 0 < task.target <= 1:

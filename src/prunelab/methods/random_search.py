@@ -261,6 +261,7 @@ class RandomSearchPruning(Method):
             )  # fmt: skip
 
     def run(self, task: PruneTask) -> PruneResult:
+        task.require_metric("random", "flops", "params")
         opts = self.options
         needs_scoring = opts.candidates > 1 or not opts.from_scratch
         if needs_scoring and task.data.holdout is None:

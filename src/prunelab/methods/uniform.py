@@ -26,7 +26,7 @@ class UniformPruning(Method):
     @dataclass
     class Options:
         criterion: str = "l1"
-        round_to: int = 8
+        round_to: int | str = 8  # "auto": the multiple a latency table measured fastest
         shortcuts: bool = True
         criterion_batches: int = 8
 
@@ -44,17 +44,18 @@ class UniformPruning(Method):
             stats = collect_taylor(model, batches(task, opts.criterion_batches))
         plan = planners.for_cost(
             model, graph, task.target, metric=task.metric, criterion=opts.criterion,
-            round_to=opts.round_to, shortcuts=opts.shortcuts, stats=stats,
+            round_to=opts.round_to, shortcuts=opts.shortcuts, stats=stats, latency=task.latency,
             **self.planner_options(),
         )  # fmt: skip
         pruned = prune(model, plan)
         pruned, history, final = fit(task, pruned, "finetune")
-        achieved = plan_cost(plan)[task.metric] / base_cost(graph)[task.metric]
-        return PruneResult(
-            pruned,
-            history,
-            {"plan_ratios": plan.ratios(), "achieved": achieved, "finetune": final},
-        )
+        info = {"plan_ratios": plan.ratios(), "finetune": final}
+        if task.metric == "latency":  # measured on the plan's model before fine-tuning
+            info["latency"] = plan.notes["latency"]
+            info["achieved"] = plan.notes["latency"]["measured"]
+        else:
+            info["achieved"] = plan_cost(plan)[task.metric] / base_cost(graph)[task.metric]
+        return PruneResult(pruned, history, info)
 
 
 @register_method

@@ -1,0 +1,187 @@
+"""Latency as a cost: the per-layer table, its cache, and plans that budget latency.
+
+No assertion here depends on how fast the machine is: timings are compared
+with the table's own measurements and spread, and plans with the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import prunelab
+from prunelab import latency_table as lt
+from prunelab.errors import ConfigError
+from prunelab.latency_table import LatencySpec, LatencyTable, latency_table
+from prunelab.runtimes import onnx_runner
+from tests._nets import ConvBN, randomize_bn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SPEC = {"batch": 1, "threads": 1, "repeats": 15, "layer_repeats": 3}
+
+
+class _Tiny(nn.Module):
+    """Wide enough (64 channels) for the rounding probe and big enough (16x16) that compute,
+    not per-call overhead, decides its time; small enough to time in seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = ConvBN(3, 64)
+        self.body = nn.Sequential(ConvBN(64, 64), ConvBN(64, 64, groups=64), ConvBN(64, 96))
+        self.head = nn.Linear(96, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(self.stem(x)).mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNELAB_CACHE", str(cache))
+        torch.set_num_threads(1)
+        model = randomize_bn(_Tiny()).eval()
+        graph = prunelab.trace(model, torch.zeros(1, 3, 16, 16))
+        table = latency_table(model, graph, SPEC)
+        yield model, graph, table, cache
+
+
+def _reachable(graph, table: LatencyTable, share: float) -> float:
+    """A target `share` of the way from the table's thinnest model to the dense one."""
+    floor = table.predict_plan(lt._uniform_plan(graph, 0.0, 1)) / table.dense_ms(graph)
+    assert floor < 1  # the table never predicts a thinner model slower
+    return round(float(floor + share * (1 - floor)), 2)
+
+
+def test_spec_keys_are_checked() -> None:
+    assert LatencySpec.from_config({"batch": 1, "runtime": "openvino"}).batch == 1
+    with pytest.raises(ConfigError, match=r"unknown latency option\(s\) \['thread'\]"):
+        LatencySpec.from_config({"thread": 2})
+    with pytest.raises(ConfigError, match=r"latency\.runtime"):
+        LatencySpec.from_config({"runtime": "tensorrt"})
+    with pytest.raises(ConfigError, match="torch runtime only"):
+        LatencySpec.from_config({"runtime": "onnxruntime", "layout": "channels_last"})
+    with pytest.raises(ConfigError, match=r"latency\.batch=0 must be a whole number >= 1"):
+        LatencySpec.from_config({"batch": 0})
+
+
+def test_dense_prediction_is_the_dense_measurement_within_the_tables_spread(tiny_table) -> None:
+    _, graph, table, _ = tiny_table
+    dense = table.dense_measured
+    spread = max(c["p90_ms"] - c["p10_ms"] for c in table.calibration)
+    assert abs(table.dense_ms(graph) - dense["median_ms"]) <= spread
+    # and the table's grid is what it says: the dense widths are its last grid points
+    widths = prunelab.graph.cost.cost_model(graph).layer_widths({})
+    assert np.array_equal(table.grid_out[:, -1], widths[0])
+    assert np.array_equal(table.grid_in[:, -1], widths[1])
+
+
+def test_prediction_interpolates_the_timed_grid(tiny_table) -> None:
+    _, _, table, _ = tiny_table
+    at_grid = table.layer_ms(table.grid_out[:, 1], table.grid_in[:, 2])
+    rows = np.arange(len(table.layers))
+    assert np.allclose(at_grid, table.times[rows, 2, 1])
+    between = table.layer_ms((table.grid_out[:, 1] + table.grid_out[:, 2]) / 2, table.grid_in[:, 3])
+    expected = (table.times[rows, 3, 1] + table.times[rows, 3, 2]) / 2
+    assert np.allclose(between, np.maximum(expected, 0))
+
+
+def test_a_latency_target_is_met_against_the_same_table(tiny_table) -> None:
+    model, graph, table, _ = tiny_table
+    dense = table.dense_ms(graph)
+    target = _reachable(graph, table, 0.6)
+    plan = prunelab.planners.for_cost(
+        model, graph, target, metric="latency", latency=table, verify=False
+    )
+    assert table.predict_plan(plan) / dense == pytest.approx(target, rel=0.01)
+    coarse = prunelab.planners.for_cost(
+        model, graph, target, metric="latency", latency=table, verify=False, round_to="auto",
+        tolerance=0.2,
+    )  # fmt: skip
+    m = table.round_to
+    assert all(len(k) % m == 0 for g, k in coarse.keep.items() if graph.groups[g].size >= m)
+
+
+def test_the_table_is_cached_and_reloaded_not_remeasured(tiny_table, monkeypatch) -> None:
+    model, graph, table, cache = tiny_table
+    files = list((cache / "latency").glob("*.json"))
+    assert len(files) == 1
+    monkeypatch.setenv("PRUNELAB_CACHE", str(cache))
+    monkeypatch.setattr(lt, "_measure", lambda *a: pytest.fail("measured again"))
+    again = latency_table(model, graph, {**SPEC, "repeats": 3})  # repeats do not change it
+    assert again.dense_ms(graph) == table.dense_ms(graph)
+    assert LatencyTable.from_json(table.to_json()).predict(graph) == table.predict(graph)
+    with pytest.raises(pytest.fail.Exception, match="measured again"):
+        latency_table(model, graph, {**SPEC, "batch": 2})  # another batch: another table
+
+
+def test_a_verified_plan_records_what_was_timed(tiny_table) -> None:
+    model, graph, table, _ = tiny_table
+    target = _reachable(graph, table, 0.8)
+    plan = prunelab.planners.for_cost(
+        model, graph, target, metric="latency", latency=table, max_nudges=1, tolerance=0.05
+    )
+    notes = plan.notes["latency"]
+    assert 1 <= len(notes["attempts"]) <= 2
+    assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)
+    assert notes["spec"] == table.spec
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [nn.Conv2d(8, 16, 3, 2, 1), nn.Conv2d(8, 8, 3, 1, 1, groups=8, bias=False),
+     nn.Conv2d(8, 12, (1, 3), 1, (0, 1), groups=4), nn.Linear(8, 5)],
+    ids=["strided", "depthwise", "grouped", "linear"],
+)  # fmt: skip
+def test_a_single_layer_onnx_model_computes_the_layer(layer: nn.Module) -> None:
+    x = torch.randn(3, 8, 6, 6) if isinstance(layer, nn.Conv2d) else torch.randn(3, 8)
+    run = onnx_runner(lt._single_layer_onnx(layer, x), x, "onnxruntime", 1)
+    with torch.no_grad():
+        expected = layer(x).numpy()
+    assert np.abs(run()[0] - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_planning_with_an_unknown_metric_is_an_error(tiny_table) -> None:
+    model, graph, _, _ = tiny_table
+    with pytest.raises(ConfigError, match="metric must be"):
+        prunelab.planners.for_cost(model, graph, 0.5, metric="energy")
+
+
+def test_a_table_of_another_architecture_is_refused(tiny_table) -> None:
+    _, _, table, _ = tiny_table
+    other = prunelab.create("resnet20", widths=(4, 8, 8))
+    with pytest.raises(ConfigError, match="another architecture"):
+        table.predict(prunelab.trace(other, torch.zeros(1, 3, 32, 32)))
+
+
+def test_cache_folder_follows_prunelab_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    assert lt._cache_dir() == tmp_path / "latency"
+
+
+def test_prune_with_an_unknown_latency_key_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys
+) -> None:
+    from prunelab.cli import main
+
+    run = tmp_path / "run"
+    argv = ["prune", "--run-dir", str(run), "metric=latency", "latency.thread=2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown latency option(s) ['thread']" in err
+    assert not run.exists()
+
+
+def test_methods_that_cannot_budget_latency_say_so() -> None:
+    from prunelab.methods import PruneTask
+
+    task = PruneTask(model=nn.Linear(2, 2), data=None, metric="latency")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="random budgets flops or params, not latency"):
+        task.require_metric("random", "flops", "params")
+    task.metric = "flops"
+    task.require_metric("random", "flops", "params")
