@@ -58,7 +58,40 @@ def shard_positions(n: int, rank: int, world: int, even: bool, drop_last: bool) 
     return pos[rank::world]
 
 
-class TensorLoader:
+def check_loader_args(n: int, n_labels: int, batch_size: int, what: str) -> None:
+    """The checks every in-memory loader makes of its samples, labels and batch size."""
+    if n_labels != n:
+        raise ConfigError(f"{n} {what} but {n_labels} labels")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+
+
+class ShardedBatches:
+    """Epoch length under sharding, shared by the in-memory loaders.
+
+    Subclasses provide `num_samples`, `batch_size`, `shuffle`, `drop_last`, `shard`.
+    """
+
+    num_samples: int
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    shard: bool = True
+
+    def _rank_world(self) -> tuple[int, int]:
+        return dist_rank_world() if self.shard else (0, 1)
+
+    def _my_positions(self) -> torch.Tensor:
+        rank, world = self._rank_world()
+        return shard_positions(self.num_samples, rank, world, even=self.shuffle,
+                               drop_last=self.drop_last)
+
+    def __len__(self) -> int:
+        n = self._my_positions().numel()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+
+class TensorLoader(ShardedBatches):
     """Iterates (float images, int64 labels) batches from in-memory uint8 images.
 
     images: (N, C, H, W) uint8; labels: (N,) int64; `indices` restricts the
@@ -92,10 +125,7 @@ class TensorLoader:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ConfigError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} "
                               f"{tuple(images.shape)}")
-        if labels.shape[0] != images.shape[0]:
-            raise ConfigError(f"{images.shape[0]} images but {labels.shape[0]} labels")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_loader_args(images.shape[0], labels.shape[0], batch_size, "images")
         self.images = images
         self.labels = labels.long()
         self.indices = None if indices is None else indices.long().cpu()
@@ -123,18 +153,6 @@ class TensorLoader:
     @property
     def device(self) -> torch.device:
         return self.images.device
-
-    def _rank_world(self) -> tuple[int, int]:
-        return dist_rank_world() if self.shard else (0, 1)
-
-    def _my_positions(self) -> torch.Tensor:
-        rank, world = self._rank_world()
-        return shard_positions(self.num_samples, rank, world, even=self.shuffle,
-                               drop_last=self.drop_last)
-
-    def __len__(self) -> int:
-        n = self._my_positions().numel()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     # -------------------------------------------------------------- iteration
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from prunelab.data.loader import dist_rank_world, shard_positions
+from prunelab.data.loader import ShardedBatches, check_loader_args
 from prunelab.errors import ConfigError, CorruptFileError
 
 
@@ -58,7 +58,7 @@ def apply_point_augment(points: torch.Tensor, params: dict[str, torch.Tensor]) -
     return x * params["scale"] + params["shift"] + params["noise"]
 
 
-class PointCloudLoader:
+class PointCloudLoader(ShardedBatches):
     """Iterates ((B, 3, P) float points, (B,) int64 labels) from in-memory clouds.
 
     `indices` restricts the loader to a subset; under torch.distributed each
@@ -82,10 +82,7 @@ class PointCloudLoader:
         if points.dim() != 3 or points.shape[2] != 3 or not points.is_floating_point():
             raise ConfigError(f"points must be a float (N, P, 3) tensor, got {points.dtype} "
                               f"{tuple(points.shape)}")
-        if labels.shape[0] != points.shape[0]:
-            raise ConfigError(f"{points.shape[0]} clouds but {labels.shape[0]} labels")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_loader_args(points.shape[0], labels.shape[0], batch_size, "clouds")
         self.points = points
         self.labels = labels.long()
         self.indices = None if indices is None else indices.long().cpu()
@@ -98,17 +95,8 @@ class PointCloudLoader:
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
-    def num_samples(self) -> int:
+    def num_samples(self) -> int:  # type: ignore[override]
         return self.points.shape[0] if self.indices is None else self.indices.numel()
-
-    def _my_positions(self) -> torch.Tensor:
-        rank, world = dist_rank_world()
-        return shard_positions(self.num_samples, rank, world, even=self.shuffle,
-                               drop_last=self.drop_last)
-
-    def __len__(self) -> int:
-        n = self._my_positions().numel()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, p = self.num_samples, self.points.shape[1]
