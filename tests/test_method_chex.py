@@ -296,6 +296,7 @@ def test_surgery_preserves_eval_outputs_with_shortcut_groups_pruned():
         assert torch.allclose(pruned(x), masked, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_depthwise_groups_of_mobilenet_v2_with_feature_css():
     model, graph, cb = _setup("cifar_mobilenet_v2", target=0.6, delta0=0.2)
     Trainer(model, _data(64), _config(epochs=2, steps=4), callbacks=[cb]).fit()
