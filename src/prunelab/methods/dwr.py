@@ -457,7 +457,8 @@ class Collector:
             pixels = sorted({max(1, round(v * self.r0)) for v in sides})
             rows = np.array([row for k in depths for p in pixels
                              for row in self.realisations(k, p, keeps)])  # fmt: skip
-            every = range(1, self.r0 + 1) if "resolution" in dims else [self.r0]
+            # s(r) from the smallest sampled side up (tiny inputs may not fit the network).
+            every = range(pixels[0], self.r0 + 1)
             scale = [self.flops(self.model0, p) / self.base.flops for p in every]
             self._cost = fit_cost(rows[:, :3], rows[:, 3], np.array(every) / self.r0,
                                   np.array(scale))  # fmt: skip
