@@ -151,3 +151,17 @@ def test_every_method_runs_from_the_command_line(
     model = io.load(run / "model.pt")
     assert sum(p.numel() for p in model.parameters()) == pruned["params"]
     assert (run / "report.md").is_file()
+
+
+def test_random_from_scratch_runs_from_the_shipped_config_without_a_checkpoint(
+    tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "scratch"
+    args = ["prune", "configs/random_scratch_resnet20_cifar10.yaml", *SYNTH, "data.holdout=32",
+            "data.cutout=0", "train.batch_size=32", "method.candidates=2", "method.score_steps=2",
+            "method.bn_batches=1", "--run-dir", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert "no checkpoint was given" not in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["rows"][-1]["flops"] / summary["rows"][0]["flops"] - 0.5) <= 0.01
+    assert (out / "scratch").is_dir()  # the winner was trained in the from-scratch folder

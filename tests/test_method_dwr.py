@@ -284,7 +284,7 @@ def test_bad_requests_are_clear_errors() -> None:
         nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(8, 10),
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="no removable residual blocks"):
+    with pytest.raises(ConfigError, match="no removable depth units"):
         get_method("dwr")(**FAST).run(_task(model=plain))
     with pytest.raises(ConfigError, match="no option"):
         get_method("dwr")(epochs_per_round=3)

@@ -186,6 +186,11 @@ def test_from_scratch_trains_a_reinitialised_random_architecture() -> None:
 def test_from_scratch_search_scores_by_short_training() -> None:
     torch.manual_seed(0)
     task = _task(prunelab.create("resnet20"), _data())
+    task.train = task.train.replace(epochs=0)
     result = get_method("random")(**QUICK, from_scratch=True, scoring="finetune").run(task)
     assert len(result.info["candidates"]) == 3
     assert result.info["options"]["from_scratch"] is True
+    # Scoring trained every candidate a few steps; the winner starts its training afresh.
+    assert torch.all(result.model.bn1.weight == 1.0) and torch.all(result.model.bn1.bias == 0)
+    winner = result.info["candidates"][result.info["winner"]]
+    assert abs(winner["flops_ratio"] - 0.5) <= 0.01 + 1e-12

@@ -63,7 +63,8 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     say(config, f"data {config['data'].get('name')}")
     data = make_data(config)
     dense = make_model(config, data).eval()
-    if not method.trains_from_scratch and not config.get("checkpoint"):
+    from_scratch = method.trains_from_scratch or getattr(method.options, "from_scratch", False)
+    if not from_scratch and not config.get("checkpoint"):
         say(config, f"warning: {name} prunes a trained model but no checkpoint was given")
     start_model = dense
     if not config.get("checkpoint") and config.get("reference"):

@@ -21,8 +21,10 @@ accuracy depends on depth d, width w and resolution r and picks the best
    each block's pooled output), width by BN scale with the same ratio in
    every layer, resolution by bilinearly resizing every batch; fine-tune.
 
-Depth d is the kept fraction of the removable blocks (residual blocks whose
-shortcut is the identity, `prunelab.graph.blocks`); width w the kept fraction
+Depth d is the kept fraction of the removable units: residual blocks whose
+shortcut is the identity (`prunelab.graph.blocks`) and the layers of dense
+blocks, which go from each block's end (`prunelab.graph.dense_layers`, so
+DenseNet is pruned in all three dimensions); width w the kept fraction
 of channels over the prunable groups; resolution r the input side length
 over the original one. The pruned model records its input size in
 `model.prunelab_input_size` and the chosen side length in
@@ -56,6 +58,7 @@ from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import Plan, prune, trace
 from prunelab.graph.blocks import find_removable_blocks, remove_blocks
 from prunelab.graph.cost import base_cost, plan_cost
+from prunelab.graph.dense_layers import find_dense_layers, removable_tail, remove_dense_layers
 from prunelab.graph.plan import round_keep
 from prunelab.io import load, save
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
@@ -146,7 +149,11 @@ class Collector:
             raise ConfigError(f"DWR prunes square inputs; the data gives {h}x{w}")
         self.channels, self.r0 = c, h
         self.base = count(self.model0, self._input(self.r0))
-        self.blocks0 = [b.name for b in find_removable_blocks(self.model0, self._input(self.r0))]
+        # Depth units: identity-shortcut residual blocks, and the layers of dense blocks.
+        self.dense0 = set(find_dense_layers(self.model0))
+        residual = [b.name for b in find_removable_blocks(self.model0, self._input(self.r0))]
+        self.blocks0 = [n for n, _ in self.model0.named_modules() if n in self.dense0
+                        or n in residual]  # fmt: skip
         graph = trace(self.model0, self._input(self.r0))
         self.groups0 = {g.name: g.size for g in planners.select_groups(graph)}
         self.eval_split = options.eval_split
@@ -177,8 +184,33 @@ class Collector:
 
     def removable(self, model: nn.Module) -> list[str]:
         """Blocks of the original model still present (and removable) in `model`."""
-        present = {b.name for b in find_removable_blocks(model)}
+        present = {b.name for b in find_removable_blocks(model)} | set(find_dense_layers(model))
         return [b for b in self.blocks0 if b in present]
+
+    def remove(self, model: nn.Module, names: Sequence[str]) -> nn.Module:
+        """`model` without the named depth units (residual blocks and/or dense layers)."""
+        dense = [n for n in names if n in self.dense0]
+        residual = [n for n in names if n not in self.dense0]
+        if residual:
+            model = remove_blocks(model, residual)
+        if dense:
+            model = remove_dense_layers(model, dense, self._input(self.r0))
+        return model
+
+    def removal_order(self, present: Sequence[str], scores: dict[str, float]) -> list[str]:
+        """`present` units, least important first; a dense layer only once it is its block's last.
+
+        Residual blocks go in DBP order; dense blocks lose layers from their end
+        (DWR on DenseNet), the least important of the blocks' current last layers first.
+        """
+        left, order = list(present), []
+        while left:
+            tails = set(removable_tail([b for b in left if b in self.dense0]))
+            ready = [b for b in left if b not in self.dense0 or b in tails]
+            pick = min(ready, key=lambda b: (scores[b], present.index(b)))
+            order.append(pick)
+            left.remove(pick)
+        return order
 
     def width_of(self, model: nn.Module, pixels: int) -> float:
         """Kept fraction of channels over the original prunable groups still present."""
@@ -250,8 +282,8 @@ class Collector:
         if keep >= len(present):
             return model, {}
         scores = self.dbp(model, present)
-        order = sorted(present, key=lambda b: (scores[b], present.index(b)))
-        return remove_blocks(model, order[: len(present) - keep]), scores
+        order = self.removal_order(present, scores)
+        return self.remove(model, order[: len(present) - keep]), scores
 
     # -------------------------------------------------------- width (BN scale)
     def width_planner(
@@ -384,7 +416,7 @@ class Collector:
         """Removable blocks, least important first (DBP on the trained model), and their gains."""
         if self._order is None:
             scores = self.dbp(self.model0, self.blocks0)
-            order = sorted(self.blocks0, key=lambda b: (scores[b], self.blocks0.index(b)))
+            order = self.removal_order(self.blocks0, scores)
             self._order = (order, scores)
         return self._order
 
@@ -393,7 +425,7 @@ class Collector:
         n = len(self.blocks0)
         if kept >= n:
             return self.model0
-        return remove_blocks(self.model0, self.depth_order()[0][: n - kept])
+        return self.remove(self.model0, self.depth_order()[0][: n - kept])
 
     # ------------------------------------------------------------ cost model
     def realisations(
@@ -427,7 +459,8 @@ class Collector:
             pixels = sorted({max(1, round(v * self.r0)) for v in sides})
             rows = np.array([row for k in depths for p in pixels
                              for row in self.realisations(k, p, keeps)])  # fmt: skip
-            every = range(1, self.r0 + 1) if "resolution" in dims else [self.r0]
+            # s(r) from the smallest sampled side up (tiny inputs may not fit the network).
+            every = range(pixels[0], self.r0 + 1)
             scale = [self.flops(self.model0, p) / self.base.flops for p in every]
             self._cost = fit_cost(rows[:, :3], rows[:, 3], np.array(every) / self.r0,
                                   np.array(scale))  # fmt: skip
@@ -533,8 +566,9 @@ class Collector:
 
 
 _NO_BLOCKS = (
-    "the model has no removable residual blocks (a block whose output is x + f(x) with an "
-    "identity shortcut); prune without 'depth' in dims"
+    "the model has no removable depth units (a residual block whose output is x + f(x) with "
+    "an identity shortcut, or a dense layer whose output is cat([x, f(x)])); prune without "
+    "'depth' in dims"
 )
 
 

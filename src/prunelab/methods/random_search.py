@@ -15,8 +15,13 @@ baseline. The pipeline:
    short fine-tune, or feature-map reconstruction; see random_scoring.py);
 5. fine-tune the best one with the task's recipe.
 
-`from_scratch=True` is the paper's other pipeline: candidates are re-initialised,
-scored by a short training from scratch, and the winner trained from scratch.
+`from_scratch=True` is the paper's other pipeline (its supplement: sample the
+architecture, train it from scratch): candidates are re-initialised, scored by
+`score_steps` of training from scratch, and the winner re-initialised again and
+trained from scratch with the task's recipe; with `candidates=1` the one sampled
+architecture is trained unscored. The trained model then only gives the
+architecture space (the criterion's choice of channels is irrelevant after
+re-initialisation), so no checkpoint is needed.
 """
 
 from __future__ import annotations
@@ -316,6 +321,8 @@ class RandomSearchPruning(Method):
         task.data.train.load_state_dict(loader_state)
         search_seconds = time.perf_counter() - start
         winner = best[2].cpu()
+        if opts.from_scratch:  # scoring trained it a few steps: the final run starts afresh
+            reinitialise(winner, task.seed * 1000 + best[1])
         subdir = "scratch" if opts.from_scratch else "finetune"
         winner, history, final = fit(task, winner, subdir)
         info = {
