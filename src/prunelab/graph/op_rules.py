@@ -194,14 +194,20 @@ class OpRules:
         assert out_shape is not None
         self.record(name, "weight", 0, x.ids, "in")
         out_ids = self.fresh(mod.out_channels)
-        self.record(name, "weight", 1, out_ids, "out")
-        if mod.bias is not None:
-            self.record(name, "bias", 0, out_ids, "out")
-        if name in self.ignored:
-            self.pin(out_ids, f"ignored module {name}")
+        self.record_outputs(name, mod, out_ids, weight_dim=1)
         # MACs: every input element meets out x k weights (metrics.count's formula)
         self.add_layer(name, "conv", mod.weight.shape, x.shape, channel_axis=1)
         self.values[node] = _Value(out_ids, 1, out_shape)
+
+    def record_outputs(
+        self, name: str, mod: nn.Module, out_ids: np.ndarray, weight_dim: int = 0
+    ) -> None:
+        """A layer's output channels: its weight slices, its bias, and `ignore`."""
+        self.record(name, "weight", weight_dim, out_ids, "out")
+        if getattr(mod, "bias", None) is not None:
+            self.record(name, "bias", 0, out_ids, "out")
+        if name in self.ignored:
+            self.pin(out_ids, f"ignored module {name}")
 
     def visit_linear(self, node: fx.Node, name: str, mod: nn.Linear, x: _Value | None) -> None:
         out_shape = _shape(node)
@@ -211,11 +217,7 @@ class OpRules:
                 raise self.unsupported(node, "linear layer applied across a non-channel axis")
             self.record(name, "weight", 1, x.ids, "in")
         out_ids = self.fresh(mod.out_features)
-        self.record(name, "weight", 0, out_ids, "out")
-        if mod.bias is not None:
-            self.record(name, "bias", 0, out_ids, "out")
-        if name in self.ignored:
-            self.pin(out_ids, f"ignored module {name}")
+        self.record_outputs(name, mod, out_ids)
         self.add_layer(name, "linear", mod.weight.shape, out_shape, channel_axis=len(out_shape) - 1)
         self.values[node] = _Value(out_ids, len(out_shape) - 1, out_shape)
 
