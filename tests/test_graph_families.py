@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -10,8 +12,8 @@ import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from prunelab.errors import UnsupportedModelError
-from prunelab.graph import trace
-from prunelab.graph.selfcheck import check_prunes
+from prunelab.graph import ChannelMask, prune, trace
+from prunelab.graph.selfcheck import check_prunes, half_plan, output_difference
 from tests._nets import randomize_bn
 
 
@@ -83,10 +85,43 @@ def test_a_leaf_subclass_keeping_the_forward_prunes() -> None:
     assert result.passed, result
 
 
-@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
-def test_batch_norm_statistics_do_not_hide_errors(name: str) -> None:
-    # the aux heads only run in training; the eval-mode contract must still hold
+@pytest.mark.slow
+def test_an_input_too_small_for_the_aux_head_is_a_clear_error() -> None:
+    model = torchvision.models.inception_v3(num_classes=10, init_weights=True)
+    with pytest.raises(UnsupportedModelError, match=r"only in training, AuxLogits.*as large as"):
+        trace(model, torch.randn(1, 3, 75, 75))
+
+
+@pytest.mark.parametrize(
+    "name", ["googlenet", pytest.param("inception_v3", marks=pytest.mark.slow)]
+)
+def test_aux_heads_are_pruned_with_the_trunk_and_the_pruned_model_trains(name: str) -> None:
     torch.manual_seed(0)
-    model = randomize_bn(torchvision.models.get_model(name, num_classes=10, init_weights=True))
-    result = check_prunes(model, torch.randn(2, 3, 75, 75))
-    assert result.passed, result
+    # no dropout: it would draw different masks for the pruned model's smaller tensors
+    no_dropout = {"dropout": 0.0, **({"dropout_aux": 0.0} if name == "googlenet" else {})}
+    model = torchvision.models.get_model(name, num_classes=10, init_weights=True, **no_dropout)
+    model = randomize_bn(model)
+    x = torch.randn(2, 3, *((64, 64) if name == "googlenet" else (299, 299)))
+    graph = trace(model, x)
+    aux = "aux1.conv.conv" if name == "googlenet" else "AuxLogits.conv0.conv"
+    assert any(aux in g.consumers for g in graph.prunable), "aux head not in any group"
+    # aux layers cost nothing at inference: planned FLOPs stay the counted ones
+    assert not any(layer.startswith(aux.split(".")[0]) for layer in graph.layers)
+    plan = half_plan(graph)
+    pruned = prune(model, plan)
+    masked = copy.deepcopy(model)
+    mask = ChannelMask(masked, graph)
+    mask.update({g: plan.keep_mask(g) for g in plan.keep})
+    mask.apply()
+    outs = []
+    for net in (masked, pruned):
+        net.train()
+        torch.manual_seed(1)  # the same dropout in both
+        outs.append(net(x))
+    assert type(outs[1]).__name__.endswith("Outputs")
+    assert output_difference(outs[0], outs[1]) < 1e-4
+    y = torch.tensor([1, 2])
+    loss = sum(nn.functional.cross_entropy(o, y) for o in outs[1] if o is not None)
+    loss.backward()
+    torch.optim.SGD(pruned.parameters(), lr=0.1).step()
+    assert all(torch.isfinite(p).all() for p in pruned.parameters())

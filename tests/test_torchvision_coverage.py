@@ -17,18 +17,6 @@ from prunelab.models.torchvision_catalog import TorchvisionCase, build_case, tor
 
 # model -> the op its refusal must name
 REFUSED: dict[str, str] = {
-    "fasterrcnn_mobilenet_v3_large_320_fpn": "python control flow",
-    "fasterrcnn_mobilenet_v3_large_fpn": "python control flow",
-    "fasterrcnn_resnet50_fpn": "python control flow",
-    "fasterrcnn_resnet50_fpn_v2": "python control flow",
-    "fcos_resnet50_fpn": "python control flow",
-    "keypointrcnn_resnet50_fpn": "python control flow",
-    "maskrcnn_resnet50_fpn": "python control flow",
-    "maskrcnn_resnet50_fpn_v2": "python control flow",
-    "retinanet_resnet50_fpn": "python control flow",
-    "retinanet_resnet50_fpn_v2": "python control flow",
-    "ssd300_vgg16": "python control flow",
-    "ssdlite320_mobilenet_v3_large": "python control flow",
     "maxvit_t": "Tensor.reshape",
     "swin_b": "shifted_window_attention",
     "swin_s": "shifted_window_attention",

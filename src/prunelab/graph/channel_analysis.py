@@ -17,7 +17,13 @@ from prunelab.graph.values import _op_name, _Record, _shape, _Value, _where
 class ChannelAnalysis(OpRules):
     """One pass over an fx graph that records channel variables and members."""
 
-    def __init__(self, graph: fx.Graph, root: nn.Module, ignored: set[str]) -> None:
+    def __init__(
+        self,
+        graph: fx.Graph,
+        root: nn.Module,
+        ignored: set[str],
+        inference_modules: set[str] | None = None,
+    ) -> None:
         self.graph = graph  # traced from `root`: its targets are `root`'s attribute paths
         self.root = root
         self.ignored = ignored
@@ -28,6 +34,8 @@ class ChannelAnalysis(OpRules):
         self.pinned: dict[int, str] = {}  # variable -> why it may not be pruned
         self.source_vars: list[np.ndarray] = []  # one array per fresh producer space
         self.layers: dict[str, LayerInfo] = {}
+        # layers whose FLOPs count: those inference runs (not training-only aux heads)
+        self.inference_modules = inference_modules
 
     # -- variables -------------------------------------------------------
     def fresh(self, n: int, source: bool = True) -> np.ndarray:

@@ -118,6 +118,8 @@ class OpRules:
             raise self.unsupported(node, "its input's channels are split across two axes")
         if isinstance(mod, nn.modules.conv._ConvNd) and not mod.transposed:
             self.visit_conv(node, name, mod, x)
+        elif isinstance(mod, nn.modules.conv._ConvNd) and mod.groups == 1:
+            self.visit_conv_transpose(node, name, mod, x)
         elif isinstance(mod, nn.Linear):
             self.visit_linear(node, name, mod, x)
         elif isinstance(mod, (nn.modules.batchnorm._NormBase, FrozenBatchNorm2d)):
@@ -184,6 +186,31 @@ class OpRules:
         self.add_layer(name, "conv", mod.weight.shape, out_shape, channel_axis=1)
         self.values[node] = _Value(out_ids, 1, out_shape)
 
+    def visit_conv_transpose(
+        self, node: fx.Node, name: str, mod: nn.modules.conv._ConvNd, x: _Value | None
+    ) -> None:
+        """A transposed conv: its weight is (in, out, k...), the other way round."""
+        if x is None or x.axis != 1:
+            raise self.unsupported(node, "convolution input has no channel axis at dim 1")
+        out_shape = _shape(node)
+        assert out_shape is not None
+        self.record(name, "weight", 0, x.ids, "in")
+        out_ids = self.fresh(mod.out_channels)
+        self.record_outputs(name, mod, out_ids, weight_dim=1)
+        # MACs: every input element meets out x k weights (metrics.count's formula)
+        self.add_layer(name, "conv", mod.weight.shape, x.shape, channel_axis=1)
+        self.values[node] = _Value(out_ids, 1, out_shape)
+
+    def record_outputs(
+        self, name: str, mod: nn.Module, out_ids: np.ndarray, weight_dim: int = 0
+    ) -> None:
+        """A layer's output channels: its weight slices, its bias, and `ignore`."""
+        self.record(name, "weight", weight_dim, out_ids, "out")
+        if getattr(mod, "bias", None) is not None:
+            self.record(name, "bias", 0, out_ids, "out")
+        if name in self.ignored:
+            self.pin(out_ids, f"ignored module {name}")
+
     def visit_linear(self, node: fx.Node, name: str, mod: nn.Linear, x: _Value | None) -> None:
         out_shape = _shape(node)
         assert out_shape is not None
@@ -192,11 +219,7 @@ class OpRules:
                 raise self.unsupported(node, "linear layer applied across a non-channel axis")
             self.record(name, "weight", 1, x.ids, "in")
         out_ids = self.fresh(mod.out_features)
-        self.record(name, "weight", 0, out_ids, "out")
-        if mod.bias is not None:
-            self.record(name, "bias", 0, out_ids, "out")
-        if name in self.ignored:
-            self.pin(out_ids, f"ignored module {name}")
+        self.record_outputs(name, mod, out_ids)
         self.add_layer(name, "linear", mod.weight.shape, out_shape, channel_axis=len(out_shape) - 1)
         self.values[node] = _Value(out_ids, len(out_shape) - 1, out_shape)
 
@@ -223,6 +246,8 @@ class OpRules:
     def add_layer(
         self, name: str, kind: str, wshape: torch.Size, out_shape: Sequence[int], channel_axis: int
     ) -> None:
+        if self.inference_modules is not None and name not in self.inference_modules:
+            return  # a training-only branch: it costs nothing at inference
         spatial = math.prod(s for i, s in enumerate(out_shape) if i not in (0, channel_axis))
         prev = self.layers.get(name)
         total = spatial + (prev.out_spatial if prev else 0)
@@ -259,6 +284,10 @@ class OpRules:
             self.getitem(node)
         elif t is getattr or t in (len, math.prod):
             return  # shape queries
+        elif isinstance(t, type) and issubclass(t, tuple):
+            # a named tuple of outputs (GoogLeNetOutputs): what goes in is returned
+            for v in inputs:
+                self.pin(v.ids, f"returned in {t.__name__}")
         elif t in (F.normalize, F.group_norm, F.layer_norm, F.local_response_norm):
             self.opaque(node, f"{getattr(t, '__name__', t)} mixes channels")
         elif t in _INDEX_FUNCTIONS:

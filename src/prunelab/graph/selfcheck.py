@@ -4,7 +4,8 @@
 run on every model: trace, keep a random ~half of every prunable group, and
 hold the engine's contracts on the result (the masked model computes what the
 pruned model computes; the planned cost is what counting the pruned model
-gives). A model the tracer refuses comes back with the `UnsupportedModelError`,
+gives; of a detection model, the raw head outputs of its tensor program are
+compared). A model the tracer refuses comes back with the `UnsupportedModelError`,
 so a caller can tell "refused clearly" from "broken".
 """
 
@@ -26,6 +27,7 @@ from prunelab.graph.plan import Plan, add_survivors
 from prunelab.graph.surgery import prune
 from prunelab.graph.trace import trace
 from prunelab.metrics import count
+from prunelab.models.detection_core import tensor_program
 
 
 @dataclass
@@ -127,11 +129,11 @@ def check_prunes(
         return result
     plan = half_plan(graph, keep, seed)
     pruned = prune(model, plan).eval()
-    counted = count(pruned, example_input[:1])
+    counted = count(tensor_program(pruned), example_input[:1])
     planned = plan_cost(plan)
     result.cost_matches = (planned.flops, planned.params) == (counted.flops, counted.params)
     if flops_ratio:  # one more forward, of the dense model
-        dense = count(model, example_input[:1])
+        dense = count(tensor_program(model), example_input[:1])
         result.flops_ratio = counted.flops / max(dense.flops, 1)
     masked = copy.deepcopy(model) if copy_model else model
     mask = ChannelMask(masked, graph)
@@ -139,5 +141,6 @@ def check_prunes(
         mask.set(g, plan.keep_mask(g))
     mask.apply()
     with torch.no_grad():
-        result.error = output_difference(masked(example_input), pruned(example_input))
+        a = tensor_program(masked)(example_input)
+        result.error = output_difference(a, tensor_program(pruned)(example_input))
     return result

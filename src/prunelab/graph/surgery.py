@@ -50,7 +50,9 @@ def _layer_attrs(m: nn.Module) -> dict[str, int]:
 
 def _update_attrs(m: nn.Module, before: dict[str, int]) -> None:
     """Make a layer's recorded sizes agree with its new tensors."""
-    if isinstance(m, nn.modules.conv._ConvNd):
+    if isinstance(m, nn.modules.conv._ConvNd) and m.transposed:
+        m.in_channels, m.out_channels = m.weight.shape[0], m.weight.shape[1] * m.groups
+    elif isinstance(m, nn.modules.conv._ConvNd):
         out_ch, per_group = m.weight.shape[0], m.weight.shape[1]
         depthwise = before["groups"] > 1 and before["groups"] == before["in"]
         if depthwise:

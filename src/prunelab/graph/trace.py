@@ -31,6 +31,7 @@ from prunelab.errors import UnsupportedModelError
 from prunelab.graph.channel_analysis import ChannelAnalysis
 from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.op_tables import _EXTRA_LEAVES
+from prunelab.models.detection_core import tensor_program
 
 
 class _Tracer(fx.Tracer):
@@ -124,8 +125,11 @@ def trace(
     `leaves` adds module types the tracer must not look inside (they must be
     known to it: a leaf it has no rule for is an UnsupportedModelError).
     Raises UnsupportedModelError, naming the op and module, for anything the
-    tracer cannot prune through. The model is not modified.
+    tracer cannot prune through. The model is not modified. Of a torchvision
+    detection model, the tensor program (backbone, FPN, heads) is traced and the
+    box logic left alone (`prunelab.models.detection_core`).
     """
+    model = tensor_program(model)
     modules = dict(model.named_modules())
     names = {id(m): n for n, m in modules.items()}
     ignored = {names.get(id(i), "") if isinstance(i, nn.Module) else str(i) for i in ignore}
@@ -148,15 +152,27 @@ def trace(
                 "without Python control flow on tensors, or pass its class in leaves= if "
                 "prunelab has a rule for it",
             ) from exc
+        inference_modules = _called_modules(graph)
+        training_only = _training_only_modules(modules, inference_modules)
+        if training_only:
+            graph = _training_graph(model, leaves, training_only)
         inputs = example_input if isinstance(example_input, tuple) else (example_input,)
         try:
             with torch.no_grad():
                 _propagate_shapes(model, graph, inputs)
         except Exception as exc:
+            hint = (
+                f" (the branches it runs only in training, {training_only[0]}..., need an "
+                "example input as large as training uses)"
+                if training_only
+                else ""
+            )
             raise UnsupportedModelError(
-                "forward", type(model).__name__, f"running the traced model failed: {exc}"
+                "forward",
+                type(model).__name__,
+                f"running the traced model failed: {' '.join(str(exc).split())}{hint}",
             ) from exc
-        analysis = ChannelAnalysis(graph, model, ignored)
+        analysis = ChannelAnalysis(graph, model, ignored, inference_modules)
         analysis.run()
         param_shapes, buffer_keys = _tensor_shapes(modules)
         groups = analysis.build(param_shapes)
@@ -171,6 +187,47 @@ def trace(
         module_types={n: type(m) for n, m in modules.items()},
         buffer_keys=buffer_keys,
     )
+
+
+def _called_modules(graph: fx.Graph) -> set[str]:
+    """Modules the graph calls, or whose tensors it reads."""
+    called = set()
+    for node in graph.nodes:
+        if node.op == "call_module":
+            called.add(str(node.target))
+        elif node.op == "get_attr":
+            called.add(str(node.target).rpartition(".")[0])
+    return called
+
+
+def _training_only_modules(modules: dict[str, nn.Module], called: set[str]) -> list[str]:
+    """Modules holding tensors that inference never uses (GoogLeNet's aux heads)."""
+    return [
+        name
+        for name, m in modules.items()
+        if name not in called and any(p is not None for p in m._parameters.values())
+    ]
+
+
+def _training_graph(model: nn.Module, leaves: tuple[type, ...], unused: list[str]) -> fx.Graph:
+    """The graph of what the model runs in training.
+
+    Branches that run only in training (auxiliary classifiers) read the same
+    channels as the rest, so they must be in the groups, or a pruned model
+    breaks as soon as it trains. Costs still count only the inference layers.
+    """
+    model.train()
+    try:
+        return _Tracer(leaves).trace(model)
+    except Exception as exc:  # fx raises many kinds; a half-pruned aux head would break training
+        raise UnsupportedModelError(
+            "python control flow",
+            type(model).__name__,
+            f"{unused[0]} runs only in training and the training forward cannot be traced: "
+            + " ".join(str(exc).split()),
+        ) from exc
+    finally:
+        model.eval()
 
 
 def _tensor_shapes(

@@ -31,6 +31,7 @@ from prunelab.data.registry import DataBundle, Loader
 from prunelab.errors import ConfigError, CorruptFileError
 from prunelab.metrics import best_memory_format
 from prunelab.train import distributed as D
+from prunelab.train.aux_outputs import aux_loss, main_logits
 from prunelab.train.callbacks import Callback
 from prunelab.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -326,9 +327,11 @@ class Trainer:
                 model, opt = self.train_model, self.optimizer
             self.scheduler.apply(opt, self.global_step)
             with self._autocast():
-                out = model(x)
+                raw = model(x)
+                out = main_logits(raw)
                 loss = self.criterion(out, y)
-                full = loss
+                extra_aux = aux_loss(raw, y, self.criterion)
+                full = loss if extra_aux is None else loss + extra_aux
                 for cb in self.callbacks:
                     extra = cb.extra_loss(self, out, y)
                     if extra is not None:
