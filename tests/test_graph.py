@@ -182,7 +182,7 @@ def test_a_shuffle_that_regroups_channels_is_a_clear_error() -> None:
 class _Upsampler(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBN(3, 4), nn.ConvTranspose2d(4, 4, 2, stride=2))
+        self.body = nn.Sequential(ConvBN(3, 4), nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
