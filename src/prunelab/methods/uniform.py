@@ -12,6 +12,7 @@ from typing import Any
 
 from prunelab import planners
 from prunelab.criteria import DATA_DRIVEN, collect_taylor
+from prunelab.errors import ConfigError
 from prunelab.graph import prune, trace
 from prunelab.graph.cost import base_cost, plan_cost
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
@@ -29,6 +30,14 @@ class UniformPruning(Method):
         round_to: int | str = 8  # "auto": the multiple a latency table measured fastest
         shortcuts: bool = True
         criterion_batches: int = 8
+
+        def __post_init__(self) -> None:
+            if self.round_to != "auto" and (
+                isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+            ):
+                raise ConfigError(
+                    f"method.round_to={self.round_to!r} must be a whole number or 'auto'"
+                )
 
     def planner_options(self) -> dict[str, Any]:
         """How `planners.for_cost` spreads the budget over the layers."""
