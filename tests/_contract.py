@@ -8,17 +8,12 @@ import torch
 import torch.nn as nn
 
 from prunelab.graph import ChannelGraph, ChannelMask, Plan, prune
-from prunelab.graph.plan import add_survivors
+from prunelab.graph.selfcheck import half_plan
 
 
 def random_plan(graph: ChannelGraph, keep: float, seed: int) -> Plan:
     """Keep a random subset of about `keep` of the units of every prunable group."""
-    gen = torch.Generator().manual_seed(seed)
-    chosen = {}
-    for g in graph.prunable:
-        n = max(1, round(keep * g.size))
-        chosen[g.index] = add_survivors(graph, g, torch.randperm(g.size, generator=gen)[:n])
-    return Plan(graph, chosen)
+    return half_plan(graph, keep, seed)
 
 
 def masked_and_pruned(
