@@ -131,3 +131,39 @@ def test_kd_twins_seeds_and_pretrain_budget(tmp_path: Path) -> None:
         from prunelab.cli.compare_cmd import run_compare
 
         run_compare(str(_config(tmp_path)), [], arms=["nope"], run_dir=str(tmp_path / "x"))
+
+
+def test_latency_budgeted_arm_is_checked_against_the_side_by_side_timing(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from prunelab.cli import compare_cmd
+    from prunelab.metrics import count
+    from prunelab.report import ModelStats
+
+    out = tmp_path / "cmp"
+    config = _config(tmp_path)
+    assert main(["compare", str(config), "--quiet", "--run-dir", str(out)]) == 0
+    slowdown = {"value": 1.0}
+
+    def fake_measure(models, inputs, top1, **_):  # latency proportional to FLOPs, scaled
+        rows = []
+        for label, model in models.items():
+            flops = count(model, inputs[label]).flops
+            ms = flops / 1e6 * (1.0 if label == "dense" else slowdown["value"])
+            rows.append(ModelStats(label, None, flops, 0, ms, "NCHW", None))
+        for r in rows:
+            r.speedup = rows[0].latency_ms / r.latency_ms
+        return rows
+
+    monkeypatch.setattr(compare_cmd, "measure", fake_measure)
+    as_latency = ["arms.global.metric=latency", "--report-only"]
+    args = ["compare", str(config), *as_latency, "--quiet", "--run-dir", str(out)]
+    assert main(args) == 0  # latency ratio = FLOPs ratio 0.5: on budget
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert all(r["on_budget"] for r in board["rows"])
+    assert any("global (latency 0.5, within 5%)" in n for n in board["notes"])
+    slowdown["value"] = 1.3  # the pruned models run at 0.65 of dense: off a 0.5 latency budget
+    assert main(args) == 2
+    board = json.loads((out / "leaderboard.json").read_text())
+    on = {r["arm"]: r["on_budget"] for r in board["rows"]}
+    assert on == {"global": False, "uniform": True}  # uniform is budgeted in FLOPs
