@@ -1,4 +1,5 @@
-"""Tables and plots of the CHEX CIFAR-10 runs (bench/chex_cifar.py, bench/chex_timing.py).
+"""Tables and plots of the CHEX CIFAR-10 runs (bench/chex_cifar.py, removed after
+67402b9: its arms are compare configs now; bench/chex_timing.py).
 
 Writes bench/results/chex_exploration.png (each layer's alive channels over
 training), chex_layers.png (final width of every conv layer per arm) and

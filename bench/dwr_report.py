@@ -180,7 +180,8 @@ def write_report(points, arms, study, speed, baseline, out: Path) -> None:
         "Method `dwr` (Wang et al., ICML 2021) from the committed dense ResNet-20 "
         f"(test top-1 {_f(dense)}%, 40.8 MFLOPs = MACs, 0.27 M params) at T = 50% of its "
         "FLOPs. Point accuracies and DBP probes use 5000 held-out training images "
-        "(left out of every fine-tune). Scripts: `bench/dwr_cifar.py` (runs), "
+        "(left out of every fine-tune). Scripts: `bench/dwr_cifar.py` (runs; removed "
+        "after 67402b9, now `configs/compare/dwr_dims_resnet20_cifar10.yaml`), "
         "`bench/dwr_speed.py` (timings), `bench/dwr_report.py` (this file).",
         "",
         "## Table 1 at our scale: one dimension against three",
