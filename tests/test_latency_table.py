@@ -181,7 +181,41 @@ def test_methods_that_cannot_budget_latency_say_so() -> None:
     from prunelab.methods import PruneTask
 
     task = PruneTask(model=nn.Linear(2, 2), data=None, metric="latency")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="random budgets flops or params, not latency"):
-        task.require_metric("random", "flops", "params")
+    with pytest.raises(ConfigError, match="chex budgets flops or params, not latency"):
+        task.require_metric("chex", "flops", "params")
     task.metric = "flops"
-    task.require_metric("random", "flops", "params")
+    task.require_metric("chex", "flops", "params")
+
+
+def test_random_search_budgets_latency_through_the_table(tiny_table) -> None:
+    """Candidates land in the window around the error-corrected aim; the winner is timed."""
+    from prunelab.data import build_data
+    from prunelab.methods import PruneTask, get_method
+    from prunelab.train import TrainConfig
+
+    model, graph, table, _ = tiny_table
+    target = _reachable(graph, table, 0.7)
+    data = build_data("synthetic", batch_size=16, n_train=64, n_test=16, holdout=32,
+                      image_size=16)  # fmt: skip
+    train = TrainConfig(epochs=1, steps_per_epoch=1, lr=0.01, threads=1, quiet=True,
+                        channels_last="off")  # fmt: skip
+    task = PruneTask(model=model, data=data, target=target, metric="latency", train=train,
+                     quiet=True, latency=SPEC)  # fmt: skip
+    method = get_method("random")(candidates=3, round_to=1, scoring="bn", bn_batches=1,
+                                  tolerance=0.05)  # fmt: skip
+    result = method.run(task)
+    notes = result.info["latency"]
+    assert notes["spec"] == table.spec  # the cached table of this spec, not a new one
+    aim = notes["aim"]
+    assert aim == pytest.approx(min(1.0, target / notes["table_error"]))
+    dense_ms = table.dense_ms(graph)
+    pruned_graph = prunelab.trace(result.model, torch.zeros(1, 3, 16, 16))
+    assert len(pruned_graph.layers) == len(graph.layers)
+    for record in result.info["candidates"]:  # predicted ratio (corrected) in the window
+        kept = {g.index: record["kept"][g.name] for g in graph.groups if g.name in record["kept"]}
+        masks = {g: np.arange(graph.groups[g].size) < k for g, k in kept.items()}
+        predicted = table.predict(graph, masks) / dense_ms
+        assert aim * 0.95 - 1e-9 <= predicted <= aim * 1.05 + 1e-9
+    winner = result.info["candidates"][result.info["winner"]]
+    assert winner["latency_ratio"] == notes["measured"] == result.info["achieved"]
+    assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)

@@ -53,7 +53,7 @@ class PruneTask:
         if self.metric not in metrics:
             raise ConfigError(
                 f"{method} budgets {' or '.join(metrics)}, not {self.metric}; "
-                f"use metric={metrics[0]} (metric=latency: methods uniform, global)"
+                f"use metric={metrics[0]} (metric=latency: methods uniform, global, random)"
             )
 
     @property

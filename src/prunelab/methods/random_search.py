@@ -41,7 +41,8 @@ from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import prune, trace
 from prunelab.graph.cost import base_cost, cost_of_masks, plan_cost
 from prunelab.graph.groups import ChannelGraph, Group
-from prunelab.graph.plan import round_keep
+from prunelab.graph.plan import Plan, round_keep
+from prunelab.latency_table import LatencySpec, LatencyTable, latency_table, measured_ratio
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
 from prunelab.methods.random_scoring import (
@@ -82,6 +83,7 @@ def sample_architectures(
     seed: int = 0,
     max_draws: int = 20000,
     unique: bool = True,
+    table: LatencyTable | None = None,
 ) -> Sampled:
     """Draw `n` kept-unit counts per group whose cost is within `tolerance` of `target`.
 
@@ -95,12 +97,15 @@ def sample_architectures(
     accepted again. Costs are the analytic `cost_of_masks` (kept units taken
     as a prefix: which units a criterion keeps does not change the cost, except
     for units added back so no layer is emptied). Same seed, same candidates.
+    With metric "latency" the cost is `table`'s predicted latency in ms.
     """
     _check_sampling(target, metric, n, r_min, tolerance, sampling, max_draws)
     if not groups:
         raise InfeasibleBudgetError("the model has no prunable channel groups")
+    if metric == "latency" and table is None:
+        raise ConfigError("a latency budget needs the model's latency table")
     rng = np.random.default_rng(seed)
-    base = base_cost(graph)[metric]
+    base = table.dense_ms(graph) if table is not None else base_cost(graph)[metric]
     floor, ceiling = target * base * (1 - tolerance), target * base * (1 + tolerance)
     sizes = np.array([g.size for g in groups])
 
@@ -110,8 +115,10 @@ def sample_architectures(
             for g, r in zip(groups, ratios, strict=True)
         }
 
-    def cost(counts: Counts) -> int:
+    def cost(counts: Counts) -> float:
         masks = {g: torch.arange(size) < k for g, k, size in _with_sizes(graph, counts)}
+        if table is not None:
+            return table.predict(graph, {g: m.numpy() for g, m in masks.items()})
         return cost_of_masks(graph, masks)[metric]
 
     lowest = cost(counts_of(np.full(len(groups), r_min)))
@@ -176,8 +183,8 @@ def _check_sampling(
 ) -> None:
     if not 0 < target <= 1:
         raise InfeasibleBudgetError(f"target {metric} fraction must be in (0, 1], got {target}")
-    if metric not in ("flops", "params"):
-        raise ConfigError(f"metric must be 'flops' or 'params', got {metric!r}")
+    if metric not in ("flops", "params", "latency"):
+        raise ConfigError(f"metric must be 'flops', 'params' or 'latency', got {metric!r}")
     if n < 1:
         raise ConfigError(f"candidates must be >= 1, got {n}")
     if not 0 < r_min <= 1:
@@ -188,6 +195,48 @@ def _check_sampling(
         raise ConfigError(f"sampling must be 'rescale' or 'reject', got {sampling!r}")
     if draws < n:
         raise ConfigError(f"max_draws ({draws}) must be >= candidates ({n})")
+
+
+class _LatencyBudget:
+    """A latency target for the random search: the per-layer table, aimed by its measured error.
+
+    Candidates are drawn in the table's predicted latency. Before drawing, the
+    uniform plan at the target is timed against the dense model (as
+    `planners.for_cost` verifies and nudges its own plans); the sampling window
+    is aimed at target / (measured / predicted) so the table's error on this
+    machine is divided out. Random architectures cannot be nudged one by one
+    without changing what was scored, so the winner is timed once and what was
+    measured is reported (`info["latency"]`), met or not.
+    """
+
+    def __init__(self, model: nn.Module, task: PruneTask, graph: ChannelGraph, opts: Any) -> None:
+        self.spec = LatencySpec.from_config(task.latency)
+        self.graph, self.target = graph, task.target
+        self.table = latency_table(model, graph, self.spec)
+        uniform = planners.for_cost(
+            model, graph, task.target, metric="latency", latency=self.table,
+            round_to=opts.round_to, shortcuts=opts.shortcuts, tolerance=opts.tolerance,
+        )  # fmt: skip
+        checked = uniform.notes["latency"]
+        self.error = checked["measured"] / checked["predicted"]
+        self.aim = min(1.0, task.target / self.error)
+        self.dense_ms = self.table.dense_ms(graph)
+        self.notes: dict[str, Any] = {
+            "target": task.target, "spec": self.spec.key(), "table_error": self.error,
+            "aim": self.aim, "uniform_check": {k: checked[k] for k in ("predicted", "measured")},
+        }  # fmt: skip
+
+    def predicted_ratio(self, plan: Plan) -> float:
+        return self.table.predict_plan(plan) / self.dense_ms * self.error
+
+    def verify(self, dense: nn.Module, winner: nn.Module) -> float:
+        ratio, _ = measured_ratio(dense, winner, torch.zeros(self.graph.input_shape), self.spec)
+        self.notes.update(measured=ratio,
+                          met=abs(ratio / self.target - 1) <= VERIFY_TOLERANCE)  # fmt: skip
+        return ratio
+
+
+VERIFY_TOLERANCE = 0.05  # as planners.for_cost: a timing, not a count
 
 
 @register_method
@@ -266,7 +315,7 @@ class RandomSearchPruning(Method):
             )  # fmt: skip
 
     def run(self, task: PruneTask) -> PruneResult:
-        task.require_metric("random", "flops", "params")
+        task.require_metric("random", "flops", "params", "latency")
         opts = self.options
         needs_scoring = opts.candidates > 1 or not opts.from_scratch
         if needs_scoring and task.data.holdout is None:
@@ -279,12 +328,15 @@ class RandomSearchPruning(Method):
         device = resolve_device(task.train.device)
         model = task.model.to(device).eval()
         graph = trace(model.cpu(), task.example_input)
-        model.to(device)
         groups = planners.select_groups(graph, opts.shortcuts)
+        # timed on the CPU, as the table is
+        latency = _LatencyBudget(model, task, graph, opts) if task.metric == "latency" else None
+        model.to(device)
         # Sampling needs no scores: an infeasible budget fails before slow criteria run.
         sampled = sample_architectures(
-            graph, groups, task.target, task.metric, opts.candidates, opts.r_min,
-            opts.tolerance, opts.round_to, opts.sampling, task.seed, opts.max_draws,
+            graph, groups, latency.aim if latency else task.target, task.metric, opts.candidates,
+            opts.r_min, opts.tolerance, opts.round_to, opts.sampling, task.seed, opts.max_draws,
+            table=latency.table if latency else None,
         )  # fmt: skip
         scores = planners.score_groups(model, groups, opts.criterion, self._stats(task, model))
         setup = ScoringSetup(
@@ -313,14 +365,19 @@ class RandomSearchPruning(Method):
                 "score": value,
                 "seconds": time.perf_counter() - t0,
             })  # fmt: skip
+            if latency is not None:  # the table's prediction, corrected by its measured error
+                records[-1]["latency_ratio"] = latency.predicted_ratio(plan)
             if best is None or (value is not None and value > best[0]):
                 best = (value if value is not None else 0.0, i, pruned)
             if not task.quiet:
                 self._progress(i, len(sampled.counts), records[-1], best)
         assert best is not None
         task.data.train.load_state_dict(loader_state)
-        search_seconds = time.perf_counter() - start
         winner = best[2].cpu()
+        if latency is not None:  # the winner timed against the dense model, once
+            records[best[1]]["latency_ratio"] = latency.verify(model.cpu(), winner)
+            model.to(device)
+        search_seconds = time.perf_counter() - start
         if opts.from_scratch:  # scoring trained it a few steps: the final run starts afresh
             reinitialise(winner, task.seed * 1000 + best[1])
         subdir = "scratch" if opts.from_scratch else "finetune"
@@ -345,6 +402,8 @@ class RandomSearchPruning(Method):
             "search_seconds": search_seconds,
             "finetune": final,
         }
+        if latency is not None:
+            info["latency"] = latency.notes
         return PruneResult(winner, history, info)
 
     def _stats(self, task: PruneTask, model: nn.Module) -> dict[str, Any] | None:
