@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from prunelab import models
+from prunelab.atomic import atomic_write_bytes
 from prunelab.data import build_data
 from prunelab.data.point_loader import PointCloudLoader
 from prunelab.methods import PruneTask, get_method
@@ -83,15 +84,16 @@ def make_data(args: argparse.Namespace) -> Any:
 
 
 class KeepWeights(Callback):
-    """Copies the model's weights after epoch `epoch` (the uniform arm prunes those)."""
+    """Saves the model's weights after epoch `epoch` (the uniform arm prunes those) at once,
+    so a dense run resumed past that epoch still has them."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.state: dict[str, torch.Tensor] | None = None
+    def __init__(self, epoch: int, path: Path) -> None:
+        self.epoch, self.path = epoch, path
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if epoch + 1 == self.epoch:
-            self.state = copy.deepcopy(trainer.model.state_dict())
+            state = copy.deepcopy(trainer.model.state_dict())
+            atomic_write_bytes(self.path, lambda f: torch.save(state, f))
 
 
 def describe(model: torch.nn.Module, data: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -109,11 +111,10 @@ def describe(model: torch.nn.Module, data: Any, args: argparse.Namespace) -> dic
 
 def run_dense(args: argparse.Namespace) -> dict[str, Any]:
     data, model = make_data(args), make_model(args)
-    keep = KeepWeights(args.prune_at)
-    trainer = Trainer(model, data, recipe(args, args.epochs, None), [keep])
+    keep = KeepWeights(args.prune_at, RUNS / f"{args.tag}dense_epoch{args.prune_at}.pt")
+    # checkpointed every epoch: a killed dense run resumes where it stopped
+    trainer = Trainer(model, data, recipe(args, args.epochs, RUNS / f"{args.tag}dense"), [keep])
     trainer.fit()
-    if keep.state is not None:
-        torch.save(keep.state, RUNS / f"{args.tag}dense_epoch{args.prune_at}.pt")
     return {**describe(model, data, args), "history": trainer.history}
 
 
