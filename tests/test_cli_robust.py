@@ -236,3 +236,21 @@ def test_a_folder_the_process_may_not_write_is_refused_early(
     assert main(["train", *SYNTH, "--run-dir", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, f"{tmp_path} is not writable", "--run-dir")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["method=random", "data.holdout=0"], "set data holdout"),
+        (["method=chex", "metric=latency"], "chex budgets flops or params, not latency"),
+        (["method=bwcp", "metric=latency"], "bwcp budgets flops or params, not latency"),
+    ],
+)  # fmt: skip
+def test_a_method_that_cannot_run_the_task_says_so_before_the_run_folder_exists(
+    args: list[str], message: str, tmp_path: Path, capsys
+) -> None:
+    run = tmp_path / "run"
+    overrides = [a for a in SYNTH if a.split("=")[0] not in {x.split("=")[0] for x in args}]
+    assert main(["prune", *overrides, *args, "--run-dir", str(run)]) == 2
+    _one_line_error(capsys, message)
+    assert not run.exists()

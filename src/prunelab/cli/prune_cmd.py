@@ -70,20 +70,22 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if not config.get("checkpoint") and config.get("reference"):
         # Training from scratch: compare with a trained dense model of the same architecture.
         dense = io.load(checkpoint_path(str(config["reference"]))).eval()
+    trained_dense = bool(config.get("checkpoint") or config.get("reference"))
+    task = PruneTask(
+        model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
+        run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
+        teacher=dense if trained_dense else None,
+        latency=asdict(spec),
+    )  # fmt: skip
+    method.check(task)
     out.mkdir(parents=True, exist_ok=True)  # the run starts: everything it needs was found
     atomic_write_text(out / "config.yaml", dump(config))
     dense_input = torch.zeros(1, *data.effective_input_size)
     dense_top1 = None
-    if config.get("checkpoint") or config.get("reference"):
+    if trained_dense:
         say(config, "evaluating the dense model")
         dense_top1 = headline(dense, data)[1]
     say(config, f"pruning with {name} to {target:.0%} of the baseline {metric} -> {out}")
-    task = PruneTask(
-        model=copy.deepcopy(start_model), data=data, target=target, metric=metric, train=train,
-        run_dir=out, seed=int(config.get("seed", 0)), quiet=bool(config.get("quiet")),
-        teacher=dense if dense_top1 is not None else None,
-        latency=asdict(spec),
-    )  # fmt: skip
     result = method.run(task)
     pruned = result.model.cpu().eval()
     apply_resolution(pruned, data, config)

@@ -101,6 +101,13 @@ class Method:
     def run(self, task: PruneTask) -> PruneResult:
         raise NotImplementedError
 
+    def check(self, task: PruneTask) -> None:
+        """Raise ConfigError if this method cannot run `task` (its metric, its data).
+
+        The CLI calls it before a run writes anything; `run` calls it too, so the
+        Python API gets the same one-line errors. The base method accepts every task.
+        """
+
     def training_epochs(self, train: TrainConfig) -> float:
         """Epochs of training the method spends on its answer (fine-tuning or training).
 

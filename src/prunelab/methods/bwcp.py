@@ -629,8 +629,11 @@ class BWCP(Method):
     trains_from_scratch = True
     Options = BWCPOptions
 
-    def run(self, task: PruneTask) -> PruneResult:
+    def check(self, task: PruneTask) -> None:
         task.require_metric("bwcp", "flops", "params")
+
+    def run(self, task: PruneTask) -> PruneResult:
+        self.check(task)
         opts: BWCPOptions = self.options
         opts.validate()
         if task.train.epochs < 1:

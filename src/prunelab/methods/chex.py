@@ -527,8 +527,11 @@ class Chex(Method):
             raise ConfigError("chex feature_images and feature_rows must be >= 1")
         o.interval = int(o.interval)
 
-    def run(self, task: PruneTask) -> PruneResult:
+    def check(self, task: PruneTask) -> None:
         task.require_metric("chex", "flops", "params")
+
+    def run(self, task: PruneTask) -> PruneResult:
+        self.check(task)
         if task.train.epochs < 1:
             raise ConfigError("chex prunes while training: train.epochs must be >= 1")
         if not 0 < task.target <= 1:

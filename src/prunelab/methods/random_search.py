@@ -314,15 +314,19 @@ class RandomSearchPruning(Method):
                 self.max_draws,
             )  # fmt: skip
 
-    def run(self, task: PruneTask) -> PruneResult:
+    def check(self, task: PruneTask) -> None:
         task.require_metric("random", "flops", "params", "latency")
         opts = self.options
-        needs_scoring = opts.candidates > 1 or not opts.from_scratch
-        if needs_scoring and task.data.holdout is None:
+        if (opts.candidates > 1 or not opts.from_scratch) and task.data.holdout is None:
             raise ConfigError(
                 "the random search scores candidates on a hold-out split of the training data, "
                 "and this data has none: set data holdout (e.g. 5000 for CIFAR)"
             )
+
+    def run(self, task: PruneTask) -> PruneResult:
+        self.check(task)
+        opts = self.options
+        needs_scoring = opts.candidates > 1 or not opts.from_scratch
         start = time.perf_counter()
         loader_state = task.data.train.state_dict()
         device = resolve_device(task.train.device)
