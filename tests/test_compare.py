@@ -167,3 +167,19 @@ def test_latency_budgeted_arm_is_checked_against_the_side_by_side_timing(
     board = json.loads((out / "leaderboard.json").read_text())
     on = {r["arm"]: r["on_budget"] for r in board["rows"]}
     assert on == {"global": False, "uniform": True}  # uniform is budgeted in FLOPs
+
+
+def test_a_resumed_arms_wall_time_adds_the_epochs_earlier_processes_kept(tmp_path: Path) -> None:
+    from prunelab.cli.compare_cmd import _earlier_processes_seconds
+
+    records = [
+        {"kind": "start", "resumed": False, "epoch": 0},
+        *({"kind": "epoch", "epoch": e, "time": 10.0} for e in (1, 2, 3)),  # killed in epoch 4
+        {"kind": "start", "resumed": True, "epoch": 2},  # its checkpoint was epoch 2's
+        *({"kind": "epoch", "epoch": e, "time": 5.0} for e in (3, 4)),
+    ]
+    (tmp_path / "finetune").mkdir()
+    lines = [json.dumps(r) for r in records]
+    (tmp_path / "finetune" / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "ep')
+    # epochs 1-2 of the first process; its epoch 3 was redone by the last process
+    assert _earlier_processes_seconds(tmp_path) == 20.0

@@ -320,7 +320,8 @@ def _leaderboard(
             arm=spec.arm, seed=spec.seed, method=summary.get("method") or "-", top1=last["top1"],
             flops=last["flops"], params=last["params"], flops_ratio=last["flops"] / first["flops"],
             train_epochs=spec.train_epochs,
-            wall_seconds=summary["seconds"] + float(extra.get("pretrain_seconds") or 0.0),
+            wall_seconds=(summary["seconds"] + _earlier_processes_seconds(folder)
+                          + float(extra.get("pretrain_seconds") or 0.0)),
             search_seconds=search, search_epochs=search / dense_epoch if dense_epoch else 0.0,
             latency_ms=last.get("latency_ms"), speedup=last.get("speedup"),
             on_budget=abs(ratio / arm_target - 1.0) <= tolerance, distilled=spec.distilled,
@@ -376,6 +377,32 @@ def _leaderboard(
         print(f"\nleaderboard: {out / 'leaderboard.md'} ({len(runs)} finished run(s) of "
               f"{len(specs)})")  # fmt: skip
     return table, off
+
+
+def _earlier_processes_seconds(folder: Path) -> float:
+    """Training time an arm spent in processes before the one that finished it.
+
+    A resumed run's summary times only its last process; the epochs that earlier
+    processes completed (and the resume kept) are added from the training logs.
+    Epochs redone after a resume count once, as the run that kept them.
+    """
+    total = 0.0
+    for log in folder.glob("*/metrics.jsonl"):
+        kept: dict[int, tuple[int, float]] = {}  # epoch -> (process index, seconds)
+        process = -1
+        for line in log.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if record.get("kind") == "start":
+                process += 1
+                resumed_at = int(record.get("epoch") or 0) if record.get("resumed") else 0
+                kept = {e: v for e, v in kept.items() if e <= resumed_at}
+            elif record.get("kind") == "epoch" and "time" in record:
+                kept[int(record["epoch"])] = (process, float(record["time"]))
+        total += sum(t for p, t in kept.values() if p < process)
+    return total
 
 
 def _read_record(folder: Path) -> dict[str, Any]:
