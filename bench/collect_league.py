@@ -43,7 +43,12 @@ def collect(src: Path, dst: Path, in_progress: bool = False) -> list[Path]:
                                 ignore=shutil.ignore_patterns(LOCK))  # fmt: skip
                 written += [p for p in target.rglob("*") if p.is_file()]
             continue
-        for name in ARM_FILES:
+        # a finished arm's epoch checkpoints (copied while it ran) are dead weight now
+        for stale in target.glob("*/checkpoint.pt"):
+            stale.unlink()
+        # the training logs too: the leaderboard adds earlier processes' epochs to wall time
+        logs = [p.relative_to(arm).as_posix() for p in arm.glob("*/metrics.jsonl")]
+        for name in (*ARM_FILES, *logs):
             if (arm / name).is_file():
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
                 written.append(Path(shutil.copy2(arm / name, target / name)))
