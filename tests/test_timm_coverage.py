@@ -23,6 +23,7 @@ from prunelab.errors import MissingDependencyError, UnknownNameError
 from prunelab.graph.selfcheck import check_prunes, randomize_norms
 from prunelab.models import timm_models
 from prunelab.models.timm_models import CASES, TimmCase
+from tests._coverage import assert_prunes_or_is_refused
 
 needs_timm = pytest.mark.skipif(
     not timm_models.installed(), reason="timm is not installed: pip install 'prunelab[timm]'"
@@ -46,14 +47,8 @@ def test_timm_model_prunes_or_is_refused_clearly(case: TimmCase) -> None:
     model = randomize_norms(prunelab.create(f"timm/{case.name}", num_classes=10, **case.kwargs))
     x = torch.randn(2, 3, case.image_size, case.image_size)
     result = check_prunes(model, x, flops_ratio=False, copy_model=False, roundtrip=True)
-    if case.name in REFUSED:
-        assert result.refused is not None, f"{case.name} prunes now: take it out of REFUSED"
-        msg = str(result.refused)
-        assert msg.startswith("unsupported op") and REFUSED[case.name] in msg, msg
-        assert "\n" not in msg
-    else:
-        assert result.refused is None, str(result.refused)
-        assert result.passed, result
+    assert_prunes_or_is_refused(case.name, result, REFUSED)
+    if case.name not in REFUSED:  # passed includes these; said here for the reader
         assert result.load_error == 0.0 and result.trains
 
 
