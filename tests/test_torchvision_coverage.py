@@ -14,6 +14,7 @@ import torch
 
 from prunelab.graph.selfcheck import check_prunes, randomize_norms
 from prunelab.models.torchvision_catalog import TorchvisionCase, build_case, torchvision_cases
+from tests._coverage import assert_prunes_or_is_refused
 
 # model -> the op its refusal must name
 REFUSED: dict[str, str] = {
@@ -44,11 +45,4 @@ def test_model_prunes_or_is_refused_clearly(case: TorchvisionCase) -> None:
     model = randomize_norms(build_case(case))
     x = torch.randn(case.batch, 3, case.image_size, case.image_size)
     result = check_prunes(model, x, flops_ratio=False, copy_model=False)
-    if case.name in REFUSED:
-        assert result.refused is not None, f"{case.name} prunes now: take it out of REFUSED"
-        msg = str(result.refused)
-        assert msg.startswith("unsupported op") and REFUSED[case.name] in msg, msg
-        assert "\n" not in msg
-    else:
-        assert result.refused is None, str(result.refused)
-        assert result.passed, result
+    assert_prunes_or_is_refused(case.name, result, REFUSED)

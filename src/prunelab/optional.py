@@ -14,6 +14,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "onnxruntime": ("onnxruntime", "deploy"),
     "openvino": ("openvino", "deploy"),
     "torch_pruning": ("torch-pruning", "bench"),
+    "timm": ("timm", "timm"),
 }
 
 

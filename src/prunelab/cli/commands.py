@@ -12,6 +12,7 @@ from prunelab.cli.config import check_config
 from prunelab.cli.setup import apply_resolution, check_writable, checkpoint_path, make_data
 from prunelab.methods import list_methods
 from prunelab.metrics import count
+from prunelab.models import timm_models
 from prunelab.report import compare_runs, format_table, measure
 from prunelab.runtimes import check_runtime
 from prunelab.train.tasks import evaluate_model, metric_label, task_for
@@ -68,10 +69,25 @@ def run_report(runs: list[str], out: str) -> None:
     print(f"\nwritten: {Path(out) / 'report.md'}, {image}")
 
 
-def run_models() -> None:
+def run_models(all_timm: bool = False) -> None:
+    """Our models and torchvision's, then timm's: a summary, or every name with `all_timm`."""
     for name in models.list_models():
         size = "x".join(str(s) for s in models.default_input_size(name))
         print(f"{name:28s} {size}  {models.default_num_classes(name)} classes")
+    if not timm_models.installed():
+        print(f"{timm_models.PREFIX}NAME{'':19s} timm's models, after pip install 'prunelab[timm]'")
+        return
+    names = timm_models.names()
+    if all_timm:
+        for name in names:
+            size = "x".join(str(s) for s in timm_models.input_size(name))
+            print(f"{name:28s} {size}  1000 classes")
+        return
+    print(
+        f"{timm_models.PREFIX}NAME{'':19s} {len(names)} models of timm {timm_models.version()} "
+        f"(built with pretrained=False; pruning checked on {', '.join(timm_models.CHECKED)}: "
+        "bench/results/timm_coverage.md); `prunelab models --timm` lists them all"
+    )
 
 
 def run_methods() -> None:

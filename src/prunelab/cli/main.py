@@ -64,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="compare run folders in one table and plot")
     r.add_argument("runs", nargs="+")
     r.add_argument("--out", default="runs/report")
-    sub.add_parser("models", help="list model names")
+    mo = sub.add_parser("models", help="list model names")
+    mo.add_argument("--timm", action="store_true", help="list every timm model too")
     sub.add_parser("methods", help="list pruning methods and their options")
     return p
 
@@ -145,7 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "report":
         commands.run_report(args.runs, args.out)
     elif args.command == "models":
-        commands.run_models()
+        commands.run_models(args.timm)
     elif args.command == "methods":
         commands.run_methods()
     return 0

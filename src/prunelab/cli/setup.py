@@ -59,8 +59,7 @@ def check_inputs(config: dict[str, Any]) -> None:
         name = config.get("model")
         if not name:
             raise ConfigError("config model is missing (e.g. model=resnet20)")
-        if not models.is_registered(name):
-            raise UnknownNameError("model", name, models.list_models())
+        models.check_name(name)
 
 
 def check_data(config: dict[str, Any]) -> None:

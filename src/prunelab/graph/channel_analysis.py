@@ -103,7 +103,7 @@ class ChannelAnalysis(OpRules):
 
     def passthrough(self, node: fx.Node, v: _Value) -> None:
         shape = _shape(node) or v.shape
-        self.values[node] = _Value(v.ids, v.axis, shape, v.split)
+        self.values[node] = _Value(v.ids, v.axis, shape, v.split, v.gap)
 
     # -- groups -----------------------------------------------------------
     def build(self, param_shapes: dict[tuple[str, str], tuple[int, ...]]) -> list[Group]:

@@ -32,6 +32,8 @@ from prunelab.graph.op_tables import (
     _REDUCE_FUNCTIONS,
     _REDUCE_METHODS,
     _SHAPE_METHODS,
+    _SPLIT_AWARE_FUNCTIONS,
+    _SPLIT_AWARE_METHODS,
     _SPLIT_FUNCTIONS,
     _SPLIT_METHODS,
     _SPLIT_SAFE_FUNCTIONS,
@@ -39,9 +41,14 @@ from prunelab.graph.op_tables import (
     _VIEW_METHODS,
     FrozenBatchNorm2d,
 )
+from prunelab.graph.split_rules import SplitRules, _literal
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
 
 _TRUSTED_PACKAGES = ("torch.", "torchvision.")
+# functional forms of layers, and the layer a module must be to own their weight
+_FUNCTIONAL_LAYERS: dict[object, type] = {
+    F.linear: nn.Linear, F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,
+}
 
 
 def _overridden_base(mod: nn.Module) -> type | None:
@@ -60,12 +67,13 @@ def _overridden_base(mod: nn.Module) -> type | None:
     return None
 
 
-def _literal(shape_args: Sequence[object], dim: int) -> bool:
-    """True if a view's size at `dim` is a hard-coded number (not -1, not traced)."""
-    return len(shape_args) > dim and isinstance(shape_args[dim], int) and shape_args[dim] != -1
+def _whole(s: slice, n: int) -> bool:
+    """True if slice `s` keeps all `n` channels, and so all of any fewer (GhostNet's [:, :out])."""
+    stop_ok = s.stop is None or (isinstance(s.stop, int) and s.stop >= n)
+    return s.start in (None, 0) and s.step in (None, 1) and stop_ok
 
 
-class OpRules:
+class OpRules(SplitRules):
     """Channel rules of torch ops; mixed into ChannelAnalysis."""
 
     def run(self) -> None:
@@ -233,6 +241,54 @@ class OpRules:
                 self.record(name, pname, 0, x.ids, "norm")
         self.passthrough(node, x)
 
+    def functional_batchnorm(self, node: fx.Node) -> None:
+        """F.batch_norm inside a module's forward (timm's BatchNormAct2d).
+
+        It normalises each channel on its own, so its statistics and affine
+        tensors, read straight off the module, are that channel's norm members.
+        """
+        x = self.tracked(node.args[0]) if node.args else None
+        if x is None or x.axis != 1:
+            raise self.unsupported(node, "batch norm input has no channel axis at dim 1")
+        for pos, key in enumerate(("running_mean", "running_var", "weight", "bias"), start=1):
+            a = self.arg(node, pos, key, None)
+            if a is None:
+                continue
+            ref = self.values.get(a) if isinstance(a, fx.Node) else None
+            if not isinstance(ref, _ParamRef) or ref.shape != (len(x.ids),):
+                raise self.unsupported(node, f"its {key} is computed, not a tensor of a module")
+            self.record(ref.module, ref.name, 0, x.ids, "norm")
+        self.passthrough(node, x)
+
+    def functional_layer(self, node: fx.Node) -> None:
+        """F.linear / F.conv2d on a layer's own tensors (timm's Linear, Conv2dSame).
+
+        A subclass's forward that calls the functional form with its own weight and
+        bias computes what the layer computes (padding aside, which keeps channels),
+        so it gets the layer's rule. A weight computed in forward (a standardised
+        one, as in StdConv2d) is something else: refused.
+        """
+        layer = _FUNCTIONAL_LAYERS[node.target]
+        weight = self.values.get(self.arg(node, 1, "weight", None))  # type: ignore[arg-type]
+        bias_arg = self.arg(node, 2, "bias", None)
+        if not isinstance(weight, _ParamRef) or weight.name != "weight":
+            raise self.unsupported(node, "its weight is computed, not a layer's own weight")
+        mod = self.root.get_submodule(weight.module)
+        if not isinstance(mod, layer):
+            raise self.unsupported(node, f"its weight belongs to no {layer.__name__}")
+        bias = self.values.get(bias_arg) if isinstance(bias_arg, fx.Node) else bias_arg
+        own = None if mod.bias is None else _ParamRef(weight.module, "bias", tuple(mod.bias.shape))
+        if bias != own:
+            raise self.unsupported(node, f"its bias is not the bias of {weight.module}")
+        x = self.tracked(node.args[0]) if node.args else None
+        if isinstance(mod, nn.Linear):
+            self.visit_linear(node, weight.module, mod, x)
+            return
+        groups = self.arg(node, 6, "groups", 1)
+        if groups != mod.groups:
+            raise self.unsupported(node, f"groups={groups}, but {weight.module} has {mod.groups}")
+        self.visit_conv(node, weight.module, mod, x)  # type: ignore[arg-type]
+
     def visit_layernorm(
         self, node: fx.Node, name: str, mod: nn.LayerNorm, x: _Value | None
     ) -> None:
@@ -257,7 +313,7 @@ class OpRules:
     def visit_function(self, node: fx.Node) -> None:
         t = node.target
         inputs = self.tracked_inputs(node)
-        if any(v.split for v in inputs) and t not in _SPLIT_SAFE_FUNCTIONS:
+        if any(v.split for v in inputs) and t not in _SPLIT_SAFE_FUNCTIONS | _SPLIT_AWARE_FUNCTIONS:
             raise self.unsupported(node, "its input's channels are split across two axes")
         if t in _BINARY_FUNCTIONS:
             self.binary(node)
@@ -278,6 +334,10 @@ class OpRules:
             self.softmax(node, self.require(node, inputs))
         elif t is F.pad:
             self.pad(node, self.require(node, inputs))
+        elif t is F.batch_norm:
+            self.functional_batchnorm(node)
+        elif t in _FUNCTIONAL_LAYERS:
+            self.functional_layer(node)
         elif t in _SPLIT_FUNCTIONS:
             self.split(node, self.require(node, inputs))
         elif t is operator.getitem:
@@ -313,7 +373,7 @@ class OpRules:
         if name in _SHAPE_METHODS:
             return
         x = self.tracked(node.args[0]) if node.args else None
-        if any(v.split for v in inputs) and name not in _SPLIT_SAFE_METHODS:
+        if any(v.split for v in inputs) and name not in _SPLIT_SAFE_METHODS | _SPLIT_AWARE_METHODS:
             raise self.unsupported(node, "its input's channels are split across two axes")
         if name in _BINARY_METHODS:
             self.binary(node)
@@ -372,6 +432,9 @@ class OpRules:
         tracked = [(a, self.tracked(a)) for a in operands]
         values = [v for _, v in tracked if v is not None]
         if out is None or len(out) < 1:
+            return
+        if any(v.split for v in values):
+            self.split_binary(node, operands, out)
             return
         if not values:
             nodes = [a for a in operands if isinstance(a, fx.Node)]
@@ -439,9 +502,7 @@ class OpRules:
         start_i = int(start) % x.ndim  # type: ignore[call-overload]
         end_i = int(end) % x.ndim  # type: ignore[call-overload]
         if x.split is not None:
-            if (start_i, end_i) != (x.axis, x.axis + 1):
-                raise self.unsupported(node, "flatten regroups channels split across two axes")
-            self.values[node] = _Value(x.ids, x.axis, out)
+            self.split_flatten(node, x, start_i, end_i)
         elif x.axis < start_i:
             self.values[node] = _Value(x.ids, x.axis, out)
         elif x.axis > end_i:
@@ -484,49 +545,6 @@ class OpRules:
                 node, f"reshape {x.shape} -> {out} changes the channel axis (a channel shuffle?)"
             )
 
-    def split_view(self, node: fx.Node, x: _Value, shape_args: Sequence[object]) -> bool:
-        """A view splitting the channel axis in two, one factor a literal (a channel shuffle).
-
-        Pruning keeps such a view valid only if every block along the literal factor
-        loses the same positions, so those positions are tied into one unit.
-        """
-        out = _shape(node)
-        a = x.axis
-        if (
-            out is None
-            or len(out) != x.ndim + 1
-            or len(shape_args) != len(out)
-            or tuple(out[:a]) != x.shape[:a]
-            or tuple(out[a + 2 :]) != x.shape[a + 1 :]
-            or out[a] * out[a + 1] != len(x.ids)
-            or _literal(shape_args, a) == _literal(shape_args, a + 1)
-        ):
-            return False
-        fixed = 0 if _literal(shape_args, a) else 1
-        grid = x.ids.reshape(out[a], out[a + 1])
-        blocks = grid if fixed == 0 else grid.T
-        for k in range(1, len(blocks)):
-            self.tie(blocks[0], blocks[k])
-        self.values[node] = _Value(x.ids, a, out, (out[a], out[a + 1], fixed))
-        return True
-
-    def merge_view(self, node: fx.Node, x: _Value, literal: bool) -> None:
-        """A view joining the two axes of split channels back into one."""
-        out = _shape(node)
-        assert out is not None and x.split is not None
-        a = x.axis
-        if not (
-            len(out) == x.ndim - 1
-            and tuple(out[:a]) == x.shape[:a]
-            and out[a] == len(x.ids)
-            and tuple(out[a + 1 :]) == x.shape[a + 2 :]
-        ):
-            raise self.unsupported(node, f"reshape {x.shape} -> {out} regroups split channels")
-        if literal:
-            self.opaque(node, "view with a hard-coded channel count")
-        else:
-            self.values[node] = _Value(x.ids, a, out)
-
     def reduce(self, node: fx.Node, x: _Value) -> None:
         out = _shape(node)
         dims = self.arg(node, 1, "dim", None)
@@ -535,11 +553,13 @@ class OpRules:
             self.opaque(node, "reduction over all axes")
             return
         dims_l = [int(d) % x.ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
-        if x.axis in dims_l:
+        if x.split is not None:
+            self.split_reduce(node, x, dims_l, keepdim)
+        elif x.axis in dims_l:
             self.opaque(node, "reduction over channels")
-            return
-        axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims_l)
-        self.values[node] = _Value(x.ids, axis, out)
+        else:
+            axis = x.axis if keepdim else x.axis - sum(d < x.axis for d in dims_l)
+            self.values[node] = _Value(x.ids, axis, out)
 
     def permute(self, node: fx.Node, x: _Value) -> None:
         out = _shape(node)
@@ -553,19 +573,10 @@ class OpRules:
             d0, d1 = (int(d) % x.ndim for d in node.args[1:3])  # type: ignore[call-overload]
             order = list(range(x.ndim))
             order[d0], order[d1] = d1, d0
-        axis = order.index(x.axis)
-        if x.split is None:
-            self.values[node] = _Value(x.ids, axis, out)
-            return
-        second = order.index(x.axis + 1)
-        n0, n1, fixed = x.split
-        if second == axis + 1:
-            self.values[node] = _Value(x.ids, axis, out, x.split)
-        elif second == axis - 1:  # the two factors swap: the channel order is transposed
-            ids = x.ids.reshape(n0, n1).T.flatten()
-            self.values[node] = _Value(ids, second, out, (n1, n0, 1 - fixed))
+        if x.split is not None:
+            self.split_permute(node, x, order)
         else:
-            raise self.unsupported(node, "permute separates channels split across two axes")
+            self.values[node] = _Value(x.ids, order.index(x.axis), out)
 
     def squeeze(self, node: fx.Node, x: _Value, name: str) -> None:
         out = _shape(node)
@@ -585,7 +596,9 @@ class OpRules:
 
     def softmax(self, node: fx.Node, x: _Value) -> None:
         dim = self.arg(node, 1, "dim", None)
-        if dim is None or int(dim) % x.ndim == x.axis:  # type: ignore[call-overload]
+        if dim is not None and x.split is not None:
+            self.split_softmax(node, x, int(dim) % x.ndim)  # type: ignore[call-overload]
+        elif dim is None or int(dim) % x.ndim == x.axis:  # type: ignore[call-overload]
             self.opaque(node, "softmax over channels")
         else:
             self.passthrough(node, x)
@@ -644,7 +657,7 @@ class OpRules:
                 out_dim += 1
                 continue
             if in_dim == v.axis:
-                if isinstance(it, slice) and it == slice(None):
+                if isinstance(it, slice) and _whole(it, len(v.ids)):
                     axis = out_dim
                 else:
                     self.opaque(node, "indexing along channels")

@@ -68,6 +68,10 @@ _SPLIT_SAFE_FUNCTIONS: set = {torch.reshape, torch.permute, torch.transpose, tor
 _SPLIT_SAFE_METHODS: set[str] = {"view", "reshape", "flatten", "permute", "transpose"} | (
     _PASS_METHODS
 )
+# Ops with a rule of their own for split channels (graph.split_rules).
+_SOFTMAX_FUNCTIONS: set = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_SPLIT_AWARE_FUNCTIONS: set = _BINARY_FUNCTIONS | _REDUCE_FUNCTIONS | _SOFTMAX_FUNCTIONS
+_SPLIT_AWARE_METHODS: set[str] = _BINARY_METHODS | _REDUCE_METHODS | {"softmax", "log_softmax"}
 
 _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
 

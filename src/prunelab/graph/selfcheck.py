@@ -6,19 +6,23 @@ hold the engine's contracts on the result (the masked model computes what the
 pruned model computes; the planned cost is what counting the pruned model
 gives; of a detection model, the raw head outputs of its tensor program are
 compared). A model the tracer refuses comes back with the `UnsupportedModelError`,
-so a caller can tell "refused clearly" from "broken".
+so a caller can tell "refused clearly" from "broken". With ``roundtrip=True`` the
+pruned model is also saved and loaded (same outputs) and trained one step.
 """
 
 from __future__ import annotations
 
 import copy
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from prunelab import io
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.cost import plan_cost
 from prunelab.graph.groups import ChannelGraph
@@ -40,11 +44,15 @@ class PruneCheck:
     cost_matches: bool = False
     flops_ratio: float = 1.0
     refused: UnsupportedModelError | None = None
+    load_error: float | None = None  # saved-and-loaded vs pruned outputs, if checked
+    trains: bool | None = None  # one SGD step gives finite, changed weights, if checked
 
     @property
     def passed(self) -> bool:
         done = self.refused is None and self.prunable > 0
-        return done and self.cost_matches and self.error < 1e-4
+        saved = self.load_error is None or self.load_error == 0.0
+        trains = self.trains is not False
+        return done and self.cost_matches and self.error < 1e-4 and saved and trains
 
 
 @torch.no_grad()
@@ -112,6 +120,7 @@ def check_prunes(
     seed: int = 0,
     flops_ratio: bool = True,
     copy_model: bool = True,
+    roundtrip: bool = False,
 ) -> PruneCheck:
     """Trace `model`, prune about `keep` of every group, and check the contracts.
 
@@ -143,4 +152,34 @@ def check_prunes(
     with torch.no_grad():
         a = tensor_program(masked)(example_input)
         result.error = output_difference(a, tensor_program(pruned)(example_input))
+    if roundtrip:
+        result.load_error, result.trains = saves_and_trains(pruned, example_input)
     return result
+
+
+def saves_and_trains(pruned: nn.Module, example_input: torch.Tensor) -> tuple[float, bool]:
+    """Save and load `pruned`: how far the loaded outputs are off, and whether it trains.
+
+    Training is one SGD step on the loaded model (batch norms in training mode
+    need two images, so a batch of one is doubled) on the mean square of its
+    outputs: it trains if every gradient and weight stays finite and the weights move.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pruned.pt"
+        io.save(pruned, path)
+        loaded = io.load(path)
+    with torch.no_grad():
+        error = output_difference(
+            tensor_program(pruned.eval())(example_input), tensor_program(loaded)(example_input)
+        )
+    x = example_input if len(example_input) > 1 else example_input.repeat(2, 1, 1, 1)
+    params = [p for p in loaded.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    loaded.train()
+    loss = sum(t.float().pow(2).mean() for t in tensors_of(tensor_program(loaded)(x)))
+    loss.backward()  # type: ignore[union-attr]
+    finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+    torch.optim.SGD(params, lr=0.01).step()
+    moved = any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
+    finite = finite and all(torch.isfinite(p).all() for p in params)
+    return error, bool(finite and moved)

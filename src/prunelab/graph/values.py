@@ -20,6 +20,7 @@ class _Value:
     # Channels spread over axes (axis, axis + 1) of sizes (n0, n1) by a view such as a
     # channel shuffle's; `fixed` is the factor (0 or 1) the view gave as a literal.
     split: tuple[int, int, int] | None = None
+    gap: int = 0  # size-1 axes between the two factors of split channels
 
     @property
     def ndim(self) -> int:

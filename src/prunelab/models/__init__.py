@@ -18,6 +18,7 @@ from prunelab.models import (
     wide_resnet,
 )
 from prunelab.models.registry import (
+    check_name,
     create,
     create_from_arch,
     default_input_size,
@@ -28,6 +29,7 @@ from prunelab.models.registry import (
 )
 
 __all__ = [
+    "check_name",
     "cifar_mobilenet",
     "cifar_resnet",
     "cifar_vgg",

@@ -5,7 +5,8 @@ builder function (the timm pattern): the decorator records the builder and
 the model's natural input size and class count, nothing else. Any
 torchvision classification model is available under its torchvision name.
 A name that exists in torchvision always means the torchvision model, so our
-CIFAR variants of colliding names carry a ``cifar_`` prefix.
+CIFAR variants of colliding names carry a ``cifar_`` prefix. ``timm/NAME`` is
+timm's model NAME (the optional `timm` extra, `prunelab.models.timm_models`).
 
 `create` stamps the recipe on the model (``prunelab_arch``) so a pruned model
 saved to disk can be rebuilt from its file alone.
@@ -22,8 +23,10 @@ import torch.nn as nn
 import torchvision
 
 from prunelab.errors import ConfigError, UnknownNameError
+from prunelab.models import timm_models
 
 __all__ = [
+    "check_name",
     "create",
     "create_from_arch",
     "default_input_size",
@@ -80,7 +83,9 @@ def register_model(
 
 
 def is_registered(name: str) -> bool:
-    """True if `create(name)` can build the model (ours or torchvision's)."""
+    """True if `create(name)` can build the model (ours, torchvision's or timm's)."""
+    if timm_models.is_timm_name(name):
+        return timm_models.exists(name)  # without timm: MissingDependencyError
     return name in _REGISTRY or name in _torchvision_names()
 
 
@@ -89,22 +94,27 @@ def list_models() -> list[str]:
     return sorted(set(_REGISTRY) | _torchvision_names())
 
 
-def _check(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise UnknownNameError (with the nearest names) unless `create(name)` can build it."""
     if not is_registered(name):
-        raise UnknownNameError("model", name, list_models())
+        timm = timm_models.is_timm_name(name)
+        known = timm_models.close_names(name) if timm else list_models()
+        raise UnknownNameError("model", name, known)
 
 
 def default_input_size(name: str) -> tuple[int, int, int]:
     """(C, H, W) the model is meant for: (3, 32, 32) for CIFAR, (3, 224, 224) torchvision."""
-    _check(name)
+    check_name(name)
     if name in _REGISTRY:
         return _REGISTRY[name].input_size
+    if timm_models.is_timm_name(name):
+        return timm_models.input_size(name)
     return TORCHVISION_INPUT_SIZE
 
 
 def default_num_classes(name: str) -> int:
-    """Class count used when `create` gets none: 10 for CIFAR models, 1000 for torchvision."""
-    _check(name)
+    """Class count used when `create` gets none: 10 for CIFAR models, 1000 for the others."""
+    check_name(name)
     if name in _REGISTRY:
         return _REGISTRY[name].num_classes
     return TORCHVISION_NUM_CLASSES
@@ -120,7 +130,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     ``prunelab_input_size = (C, H, W)`` so it can be rebuilt later with
     `create_from_arch`.
     """
-    _check(name)
+    check_name(name)
     for key in ("weights", "pretrained"):
         if kwargs.get(key) not in (None, False):
             raise ConfigError(
@@ -136,6 +146,8 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
 
     if name in _REGISTRY:
         model = _REGISTRY[name].builder(num_classes=num_classes, **kwargs)
+    elif timm_models.is_timm_name(name):
+        model = timm_models.create_timm(name, num_classes, kwargs)
     else:
         model = _create_torchvision(name, num_classes, kwargs)
 
