@@ -59,7 +59,11 @@ _CHANNELWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.Dropout, nn.Identity,
     nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
 )
-_CHANNELWISE_FUNCTIONS = {torch.relu, nn.functional.relu, torch.flatten}
+F = nn.functional
+_CHANNELWISE_FUNCTIONS = {
+    torch.relu, F.relu, F.relu6, F.silu, F.gelu, F.dropout, torch.flatten,
+    F.avg_pool2d, F.max_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+}
 _CHANNELWISE_METHODS = {"relu", "flatten"}
 
 
