@@ -28,6 +28,12 @@ Trains and prunes from scratch in one pass:
 6. the result is folded and exported (`bwcp_export`): a plain conv model;
    BWCP* (`finetune_epochs` > 0) fine-tunes that model afterwards.
 
+Pre-activation networks (BN -> ReLU -> conv: DenseNet, pre-activation ResNets):
+each such norm layer gets its own mask over its own channels, which drops
+input channels of the layers it feeds; BW goes on it too (`preact_whitening`,
+"whiten") or it stays BN ("bn"). The placement, its export and its extra
+inference cost are explained in `bwcp_preact`.
+
 Choices the paper leaves open: whitened layers start at γ = 1/√g (with
 Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I, so γ = 1 would start
 every layer at √g = 4 times batch norm's scale, and training at lr 0.1

@@ -8,6 +8,8 @@ identity statistics (running mean 0, running variance 1 − ε, weight 1): a
 convolution without a bias never gains one, and the model keeps the zoo
 architecture, so `prunelab.save`/`load` rebuild it from its recipe. Masked
 channels then output exactly zero and the engine removes them physically.
+A pre-activation norm layer (BN -> ReLU -> conv) has no convolution of its
+own to fold into; it becomes a `SelectedNorm2d` (`bwcp_preact`).
 
 `finish` is the method's last step: settle the hard masks (moving the
 threshold when a cost target was missed), export, check the exported model
