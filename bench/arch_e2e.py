@@ -8,7 +8,8 @@ One arm per call, CIFAR-10 (JPEG), 50% of the dense FLOPs (MACs), from scratch:
     uniform   uniform-l1 pruning of the same fresh model to the same budget, then the
               same number of training steps (the from-scratch yardstick)
 
-Top-1 is measured on the first `--test` test images. Records go to
+Top-1 is measured on `--test` test images drawn at random (seed 0) from the whole test set
+(the JPEG test set is stored class by class: its first 2000 images are two classes). Records go to
 bench/results/arch_runs/<method>_<arch>.json (the uniform arm: uniform_<arch>.json, shared
 by both methods); `--table` prints the markdown table.
 
@@ -56,9 +57,15 @@ def recipe(args: argparse.Namespace, arm: str) -> TrainConfig:
     )  # fmt: skip
 
 
+def test_subset(total: int, n: int) -> torch.Tensor:
+    """`n` of `total` test images at random (seed 0), in stored order."""
+    pick = torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n]
+    return pick.sort().values
+
+
 def run(args: argparse.Namespace, method: str) -> dict[str, Any]:
     d = build_data("cifar10_jpg", batch_size=64, seed=0)
-    d.test.indices = torch.arange(args.test)
+    d.test.indices = test_subset(d.test.images.shape[0], args.test)
     torch.manual_seed(0)
     model = prunelab.create(args.arch, num_classes=10)
     x = torch.zeros(1, 3, 32, 32)
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace, method: str) -> dict[str, Any]:
         "arm": arm, "method": method, "arch": args.arch, "top1": accuracy(pruned, d.test),
         "flops": small.flops / dense.flops, "params": small.params / dense.params,
         "export_max_diff": diff, "steps": args.epochs * args.steps, "test_images": args.test,
+        "test_subset": "random (seed 0)",
         "seconds": seconds, "options": OPTIONS[method],
         "info": {k: v for k, v in info.items() if k in (
             "css_used", "threshold", "controller_ratio", "lambda_scale", "kept", "sizes",

@@ -30,6 +30,7 @@ import torch.nn as nn
 from prunelab.atomic import atomic_write_bytes
 from prunelab.errors import CorruptFileError
 from prunelab.graph.surgery import resize_to
+from prunelab.layers import SelectedNorm2d
 
 FORMAT = "prunelab-model"
 VERSION = 1
@@ -54,6 +55,10 @@ def save(
         payload["identity"] = [
             name for name, m in model.named_modules() if name and isinstance(m, nn.Identity)
         ]
+        # layers a method put in place of the recipe's (e.g. bwcp's SelectedNorm2d)
+        payload["rebuilt"] = {
+            name: m.spec() for name, m in model.named_modules() if isinstance(m, SelectedNorm2d)
+        }
         state = model.state_dict()
         payload["state_dict"] = {k: v.detach().cpu() for k, v in state.items()}
         # per-module format versions (mnasnet's load_state_dict refuses a state without them)
@@ -77,6 +82,8 @@ def load(
         from prunelab.models import create_from_arch
 
         model = create_from_arch(payload["arch"])
+        for name, spec in payload.get("rebuilt", {}).items():
+            model.set_submodule(name, SelectedNorm2d.from_spec(spec))
         for name in payload.get("identity", []):
             if not isinstance(model.get_submodule(name), nn.Identity):
                 model.set_submodule(name, nn.Identity())

@@ -28,6 +28,12 @@ Trains and prunes from scratch in one pass:
 6. the result is folded and exported (`bwcp_export`): a plain conv model;
    BWCP* (`finetune_epochs` > 0) fine-tunes that model afterwards.
 
+Pre-activation networks (BN -> ReLU -> conv: DenseNet, pre-activation ResNets):
+each such norm layer gets its own mask over its own channels, which drops
+input channels of the layers it feeds; BW goes on it too (`preact_whitening`,
+"whiten") or it stays BN ("bn"). The placement, its export and its extra
+inference cost are explained in `bwcp_preact`.
+
 Choices the paper leaves open: whitened layers start at γ = 1/√g (with
 Σ_N = Σ/‖γ‖² a group's output has covariance ‖γ‖² I, so γ = 1 would start
 every layer at √g = 4 times batch norm's scale, and training at lr 0.1
@@ -72,7 +78,8 @@ from prunelab.graph import ChannelGraph, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
-from prunelab.methods.bwcp_export import conv_bn_pairs, finish, norms_added_together
+from prunelab.methods.bwcp_export import finish, norms_added_together, split_norms
+from prunelab.methods.bwcp_preact import PreActNorm, describe_preact, preact_cost
 from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
@@ -123,6 +130,12 @@ class _Layer:
     positions: torch.Tensor  # channels of the layer in the group
     units: torch.Tensor  # the group unit of each of those channels
     leads: bool = True  # its probability enters the group's mask (else it follows)
+    preact: bool = False  # a pre-activation layer: its own mask over its own channels
+
+    @property
+    def key(self) -> int | str:
+        """Where its mask lives: its group, or (pre-activation) its own name."""
+        return self.name if self.preact else self.group
 
 
 class ChannelGates:
@@ -146,6 +159,7 @@ class ChannelGates:
         shared_sources: int = 2,
         stage_mask: str = "paper",
         added: list[set[str]] | None = None,
+        preact: dict[str, PreActNorm] | None = None,
     ) -> None:
         self.model, self.graph = model, graph
         self.delta, self.temperature, self.sampling = delta, temperature, sampling
@@ -155,11 +169,18 @@ class ChannelGates:
         self.hard_in_training = False  # training-mode forwards with the evaluation masks
         # Hard unit masks held fixed (set by `recalibrate`): P depends on the running
         # correlation, so re-estimating the statistics would otherwise move the masks.
-        self.fixed_masks: dict[int, torch.Tensor] | None = None
+        self.fixed_masks: dict[int | str, torch.Tensor] | None = None
         self.layers: list[_Layer] = []
         self.pairs: dict[str, str] = {}  # norm layer -> the convolution feeding it
+        self.preact = dict(preact or {})  # pre-activation norm layers (`bwcp_preact`)
+        self.shortcuts = shortcuts
         self.skipped: list[str] = []
         for name in names:
+            if name in self.preact:
+                mod = model.get_submodule(name)
+                every = torch.arange(self.preact[name].channels)
+                self.layers.append(_Layer(name, mod, -1, every, every, preact=True))
+                continue
             group = graph.group_of(name)
             if not group.prunable or (group.coupled and not shortcuts):
                 self.skipped.append(name)
@@ -175,6 +196,8 @@ class ChannelGates:
         first: dict[int, str] = {}
         seen: dict[int, int] = {}
         for layer in self.layers:
+            if layer.preact:
+                continue
             head = first.setdefault(layer.group, layer.name)
             seen[layer.group] = seen.get(layer.group, 0) + 1
             if stage_mask == "paper":
@@ -182,7 +205,7 @@ class ChannelGates:
                     {head, layer.name} <= names for names in added or [])
             else:
                 layer.leads = shared_sources < 1 or seen[layer.group] <= shared_sources
-        self.groups = sorted({layer.group for layer in self.layers})
+        self.groups = sorted({layer.group for layer in self.layers if not layer.preact})
         self._masks: dict[str, torch.Tensor] = {}
         self._names = {id(layer.module): layer.name for layer in self.layers}
         self._handles = [model.register_forward_pre_hook(self._before_forward)]
@@ -210,13 +233,19 @@ class ChannelGates:
             if layer.leads or not leading
         }
 
-    def _combine(self, per_layer: dict[str, torch.Tensor]) -> dict[int, torch.Tensor]:
-        """Product over each group's leading layers of their per-channel values, by unit."""
-        out: dict[int, torch.Tensor] = {}
+    def _combine(self, per_layer: dict[str, torch.Tensor]) -> dict[int | str, torch.Tensor]:
+        """Product over each group's leading layers of their per-channel values, by unit.
+
+        A pre-activation layer's values stay its own (keyed by its name).
+        """
+        out: dict[int | str, torch.Tensor] = {}
         for layer in self.layers:
             if not layer.leads:
                 continue
             values = per_layer[layer.name][layer.positions]
+            if layer.preact:
+                out[layer.name] = values
+                continue
             size = self.graph.groups[layer.group].size
             spread = torch.ones(size, dtype=values.dtype, device=values.device)
             spread = spread.index_put((layer.units.to(values.device),), values)
@@ -224,14 +253,14 @@ class ChannelGates:
             out[layer.group] = spread if prev is None else prev * spread
         return out
 
-    def unit_probabilities(self) -> dict[int, torch.Tensor]:
+    def unit_probabilities(self) -> dict[int | str, torch.Tensor]:
         """Keep probability of each group unit: the product over the group's layers."""
         with torch.no_grad():
             probs = self.probabilities(leading=True)
             return {g: p.cpu() for g, p in self._combine(probs).items()}
 
     @torch.no_grad()
-    def hard_unit_masks(self, threshold: float | None = None) -> dict[int, torch.Tensor]:
+    def hard_unit_masks(self, threshold: float | None = None) -> dict[int | str, torch.Tensor]:
         """1[P > threshold] per unit, AND over the group's layers; never empties a group."""
         t = self.threshold if threshold is None else threshold
         probs = self.probabilities(leading=True)
@@ -243,22 +272,33 @@ class ChannelGates:
                 m[int(torch.argmax(joint[g]))] = True
         return masks
 
-    def evaluation_masks(self) -> dict[int, torch.Tensor]:
+    def evaluation_masks(self) -> dict[int | str, torch.Tensor]:
         """The hard unit masks evaluation and export use: the fixed ones, if any."""
         return self.fixed_masks if self.fixed_masks is not None else self.hard_unit_masks()
 
-    def channel_masks(self, unit_masks: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def channel_masks(
+        self, unit_masks: dict[int | str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         """Each layer's channel mask from unit masks (1 where a channel has no unit).
 
-        Differentiable in the unit masks (soft masks in training).
+        A pre-activation layer's mask is its own times the masks of the groups
+        feeding it (a channel its producer drops is zero there too). Differentiable
+        in the unit masks (soft masks in training).
         """
         out = {}
         for layer in self.layers:
             ref = layer.module.weight
-            unit = unit_masks[layer.group].to(device=ref.device, dtype=ref.dtype)
+            unit = unit_masks[layer.key].to(device=ref.device, dtype=ref.dtype)
             ones = torch.ones(ref.shape[0], dtype=ref.dtype, device=ref.device)
             idx = layer.positions.to(ref.device)
-            out[layer.name] = ones.index_put((idx,), unit[layer.units.to(ref.device)])
+            mask = ones.index_put((idx,), unit[layer.units.to(ref.device)])
+            if layer.preact:
+                for gi, pos, units in self.preact[layer.name].inputs:
+                    if gi in unit_masks:
+                        feed = unit_masks[gi].to(device=ref.device, dtype=ref.dtype)
+                        spread = ones.index_put((pos.to(ref.device),), feed[units.to(ref.device)])
+                        mask = mask * spread
+            out[layer.name] = mask
         return out
 
     # -------------------------------------------------------------------- masks
@@ -341,14 +381,21 @@ class ChannelGates:
 
     def hard_ratio(self, metric: str, threshold: float | None = None) -> float:
         """Cost of the hard-mask model as a fraction of the dense model's."""
-        cost = cost_of_masks(self.graph, self.hard_unit_masks(threshold))
-        return cost[metric] / base_cost(self.graph)[metric]
+        masks = self.hard_unit_masks(threshold)
+        if self.preact:
+            cost = preact_cost(self.graph, self.preact, masks, self.shortcuts)[metric]
+        else:
+            cost = cost_of_masks(self.graph, masks)[metric]
+        return cost / base_cost(self.graph)[metric]
 
     def expected_ratio(self, metric: str) -> float:
         """Expected cost fraction with every unit kept with its probability."""
-        return expected_cost(self.graph, self.unit_probabilities())[metric] / float(
-            base_cost(self.graph)[metric]
-        )
+        probs = self.unit_probabilities()
+        if self.preact:
+            cost = preact_cost(self.graph, self.preact, probs, self.shortcuts, hard=False)
+        else:
+            cost = expected_cost(self.graph, probs)  # type: ignore[arg-type]
+        return cost[metric] / float(base_cost(self.graph)[metric])
 
 
 def expected_cost(graph: ChannelGraph, keep_prob: dict[int, torch.Tensor]) -> dict[str, float]:
@@ -393,6 +440,10 @@ class BWCPOptions:
     iterations: int = 5  # Newton iterations T
     momentum: float = 0.1  # of the running estimates
     shortcuts: bool = True  # mask residual-coupled groups too (shared product mask)
+    # Pre-activation norm layers (BN -> ReLU -> conv, `bwcp_preact`): "whiten" them (BW
+    # before the conv, exported as a grouped 1x1 conv: extra inference MACs, counted) or
+    # keep them batch norm ("bn": the export is a channel selection, no extra cost).
+    preact_whitening: str = "whiten"
     # The sparsity loss on "all" norm layers (the paper), or only the "masked" ones (with
     # shortcuts=false the residual streams' BNs then go unregularised: the previous rounds').
     loss_layers: str = "all"
@@ -455,6 +506,9 @@ class BWCPOptions:
             )
         if self.loss_layers not in ("all", "masked"):
             raise ConfigError(f"bwcp loss_layers={self.loss_layers!r}: use 'all' or 'masked'")
+        if self.preact_whitening not in ("whiten", "bn"):
+            raise ConfigError(
+                f"bwcp preact_whitening={self.preact_whitening!r}: use 'whiten' or 'bn'")
         if self.stage_mask not in ("paper", "sources"):
             raise ConfigError(f"bwcp stage_mask={self.stage_mask!r}: use 'paper' or 'sources'")
         if self.shared_sources < 0:
@@ -579,22 +633,29 @@ def prepare(model: nn.Module, example: torch.Tensor, opts: BWCPOptions) -> Chann
     """Trace `model`, swap its BNs for BW layers (in place) and install the gates."""
     model.eval()
     graph = trace(model, example)
-    pairs = conv_bn_pairs(model)
+    pairs, consumers = split_norms(model)
+    preact = describe_preact(model, graph, consumers, example)
+
+    def chosen(bn: str) -> bool:
+        return opts.whiten and (
+            opts.whiten_only is None or any(fnmatch(bn, pat) for pat in opts.whiten_only))
+
     whiten = [
-        bn
-        for bn, conv in pairs.items()
-        if opts.whiten and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
-        and (opts.whiten_only is None or any(fnmatch(bn, pat) for pat in opts.whiten_only))
-    ]
+        bn for bn, conv in pairs.items()
+        if chosen(bn) and (model.get_submodule(conv).groups == 1 or opts.group_size == 1)
+    ] + [bn for bn in preact if chosen(bn) and opts.preact_whitening == "whiten"]
     layers = convert_batchnorm(model, whiten, opts.group_size, opts.iterations, opts.momentum)
+    for name in layers:
+        if name in preact:
+            preact[name].whiten_group = model.get_submodule(name).group_size
     if opts.reinit_gamma:
         with torch.no_grad():
             for name in layers:
                 bw = model.get_submodule(name)
                 bw.weight.fill_(bw.group_size**-0.5)
     gates = ChannelGates(
-        model, graph, list(pairs), opts.delta, opts.temperature, opts.sampling, opts.shortcuts,
-        opts.shared_sources, opts.stage_mask,
+        model, graph, [*pairs, *preact], opts.delta, opts.temperature, opts.sampling,
+        opts.shortcuts, opts.shared_sources, opts.stage_mask, preact=preact,
     )  # fmt: skip
     gates.pairs = pairs
     gates.sharpen = opts.sharpen

@@ -8,6 +8,8 @@ identity statistics (running mean 0, running variance 1 − ε, weight 1): a
 convolution without a bias never gains one, and the model keeps the zoo
 architecture, so `prunelab.save`/`load` rebuild it from its recipe. Masked
 channels then output exactly zero and the engine removes them physically.
+A pre-activation norm layer (BN -> ReLU -> conv) has no convolution of its
+own to fold into; it becomes a `SelectedNorm2d` (`bwcp_preact`).
 
 `finish` is the method's last step: settle the hard masks (moving the
 threshold when a cost target was missed), export, check the exported model
@@ -30,6 +32,15 @@ from prunelab.graph import ChannelGraph, Plan, prune, trace
 from prunelab.graph.cost import base_cost
 from prunelab.layers import BatchWhitening2d
 from prunelab.methods.base import PruneResult, PruneTask
+from prunelab.methods.bwcp_preact import (
+    LeafTracer,
+    activated_consumers,
+    describe_preact,
+    export_preact,
+    group_keep,
+    install_preact,
+    placeholder,
+)
 from prunelab.methods.finetune import accuracy, batches
 from prunelab.metrics import count
 
@@ -41,6 +52,7 @@ __all__ = [
     "finish",
     "fold_and_prune",
     "norms_added_together",
+    "split_norms",
     "threshold_for_target",
     "unit_masks_from_channels",
 ]
@@ -55,43 +67,71 @@ def conv_bn_pairs(model: nn.Module) -> dict[str, str]:
     BWCP folds each whitening layer into the convolution before it, so every
     norm layer must be called once, directly on the output of a convolution
     that feeds nothing else (conv-BN models: CIFAR ResNets, VGG, MobileNetV2,
-    torchvision ResNets). Pre-activation blocks (BN before the conv) raise
-    UnsupportedModelError naming the layer.
+    torchvision ResNets). Pre-activation norm layers (BN before the conv) raise
+    UnsupportedModelError naming the layer; `split_norms` accepts them.
+    """
+    pairs, preact = split_norms(model)
+    if preact:
+        raise UnsupportedModelError(
+            "norm layer not right after a convolution",
+            next(iter(preact)),
+            "bwcp folds each whitening layer into the convolution that feeds it "
+            "(conv -> BN, the conv used only there, the BN called once)",
+        )
+    return pairs
+
+
+def split_norms(model: nn.Module) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """The conv-BN pairs (norm -> its convolution) and the pre-activation norm layers.
+
+    A pre-activation norm layer (-> its consumers) is one whose input is not a
+    convolution's alone and whose output reaches only convolutions or linear
+    layers through channel-wise steps (`bwcp_preact.activated_consumers`).
+    Any other norm layer raises UnsupportedModelError naming it.
     """
     norms = _NORMS
     mods = dict(model.named_modules())
     try:
-        graph = _LeafTracer().trace(model)
+        graph = LeafTracer().trace(model)
     except Exception as exc:  # fx raises many kinds
         raise UnsupportedModelError(
             "python control flow", type(model).__name__, f"bwcp: torch.fx cannot trace it: {exc}"
         ) from exc
     pairs: dict[str, str] = {}
+    preact: dict[str, list[str]] = {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), norms):
             continue
         name = str(node.target)
         src = node.args[0] if node.args else None
-        ok = (
+        after_conv = (
             isinstance(src, fx.Node)
             and src.op == "call_module"
             and isinstance(mods.get(src.target), nn.Conv2d)
             and len(src.users) == 1
         )
-        if not ok or name in pairs:
+        users = None if after_conv else activated_consumers(node, mods)
+        if name in pairs or name in preact or not (after_conv or users):
             raise UnsupportedModelError(
-                "norm layer not right after a convolution",
+                "norm layer neither right after a convolution nor right before one",
                 name,
-                "bwcp folds each whitening layer into the convolution that feeds it "
-                "(conv -> BN, the conv used only there, the BN called once)",
+                "bwcp folds a whitening layer into the convolution that feeds it (conv -> BN, "
+                "the conv used only there) or masks the inputs of the layers it feeds "
+                "(BN -> ReLU -> conv), the BN called once",
             )
-        pairs[name] = str(src.target)
-    missing = sorted(n for n, m in mods.items() if isinstance(m, norms) and n not in pairs)
+        if after_conv:
+            pairs[name] = str(src.target)
+        else:
+            assert users is not None
+            preact[name] = users
+    missing = sorted(
+        n for n, m in mods.items() if isinstance(m, norms) and n not in pairs and n not in preact
+    )
     if missing:
         raise UnsupportedModelError(
             "norm layer outside the traced graph", missing[0], "bwcp needs every BN in forward"
         )
-    return pairs
+    return pairs, preact
 
 
 _ADDS = {operator.add, operator.iadd, torch.add}
@@ -106,7 +146,7 @@ def norms_added_together(model: nn.Module) -> list[set[str]]:
     block's convolution (an identity shortcut) does not reach the add alone.
     """
     mods = dict(model.named_modules())
-    graph = _LeafTracer().trace(model)
+    graph = LeafTracer().trace(model)
     reached: dict[fx.Node, set[str]] = {}
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(mods.get(node.target), _NORMS):
@@ -126,13 +166,6 @@ def norms_added_together(model: nn.Module) -> list[set[str]]:
                 break
             cur = nxt
     return [names for names in reached.values() if len(names) > 1]
-
-
-class _LeafTracer(fx.Tracer):
-    """fx tracer that does not look inside BW layers (their shape checks are Python)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, BatchWhitening2d) or super().is_leaf_module(m, qualname)
 
 
 def unit_masks_from_channels(
@@ -175,16 +208,29 @@ def fold_and_prune(
     pairs: Mapping[str, str],
     channel_masks: Mapping[str, torch.Tensor],
     example_input: torch.Tensor,
+    preact: Mapping[str, list[str]] | None = None,
+    shortcuts: bool = True,
 ) -> nn.Module:
     """The plain, physically pruned model computing what `model` computes in eval mode.
 
     `model` must carry no mask hooks (the masks are given here instead):
     `channel_masks[name]` is the 0/1 keep mask of norm layer `name` (missing:
     keep all). BW layers are folded into their convolutions; plain BN layers
-    get the mask multiplied into their scale and shift. The input model is
-    not changed.
+    get the mask multiplied into their scale and shift. Pre-activation norm
+    layers (`preact`: name -> its consumers) become `SelectedNorm2d` layers
+    reading only what they keep (`bwcp_preact`), and a produced channel no
+    layer reads is removed (`shortcuts=False`: not from residual streams). The
+    input model is not changed.
     """
     out = copy.deepcopy(model).eval()
+    preact = dict(preact or {})
+    exports = {}
+    for name in preact:
+        layer = out.get_submodule(name)
+        mask = channel_masks.get(name)
+        mask = torch.ones(layer.weight.shape[0]) if mask is None else mask.cpu().float()
+        exports[name] = (export_preact(layer, mask), mask)
+        out.set_submodule(name, placeholder(layer))
     for bn_name, conv_name in pairs.items():
         layer = out.get_submodule(bn_name)
         mask = channel_masks.get(bn_name)
@@ -205,12 +251,27 @@ def fold_and_prune(
             layer.weight.mul_(scale)
             layer.bias.mul_(scale)
     out.eval()  # the new BatchNorm2d layers start in training mode
-    if not channel_masks:
+    if not channel_masks and not preact:
         return out
     graph = trace(out, example_input)
-    keep = unit_masks_from_channels(graph, channel_masks)
+    keep: dict = unit_masks_from_channels(
+        graph, {k: v for k, v in channel_masks.items() if k not in preact})
+    if preact:
+        infos = describe_preact(out, graph, preact, example_input)
+        for name, info in infos.items():
+            layer = model.get_submodule(name)
+            info.whiten_group = layer.group_size if isinstance(layer, BatchWhitening2d) else 0
+        masks = {**keep, **{n: m for n, (_, m) in exports.items()}}
+        keep = {g: k.bool() for g, k in group_keep(graph, infos, masks, shortcuts).items()}
     plan = Plan.from_masks(graph, {g: k for g, k in keep.items() if not bool(k.all())})
-    return prune(out, plan).eval()
+    pruned = prune(out, plan).eval()
+    install_preact(pruned, graph, plan_masks(plan), exports, preact)
+    return pruned.eval()
+
+
+def plan_masks(plan: Plan) -> dict[int, torch.Tensor]:
+    """The plan's kept units as bool masks per group."""
+    return {g: plan.keep_mask(g) for g in plan.keep}
 
 
 def threshold_for_target(gates: ChannelGates, metric: str, target: float) -> float:
@@ -267,7 +328,10 @@ def finish(
     with torch.no_grad():
         reference = model(check)
     gates.remove()
-    pruned = fold_and_prune(model, gates.pairs, channel_masks, x)
+    pruned = fold_and_prune(
+        model, gates.pairs, channel_masks, x,
+        {n: p.consumers for n, p in gates.preact.items()}, gates.shortcuts,
+    )  # fmt: skip
     with torch.no_grad():
         diff = float((pruned(check) - reference).abs().max())
     if diff > 1e-4 * max(1.0, float(reference.abs().max())):
@@ -287,8 +351,8 @@ def finish(
         lambda1=cb.scale * opts.lambda1,
         lambda2=cb.scale * opts.lambda2,
         control_timeline=cb.timeline,
-        kept={gates.graph.groups[g].name: int(m.sum()) for g, m in unit_masks.items()},
-        sizes={gates.graph.groups[g].name: gates.graph.groups[g].size for g in unit_masks},
+        kept={_mask_name(gates, g): int(m.sum()) for g, m in unit_masks.items()},
+        sizes={_mask_name(gates, g): int(m.numel()) for g, m in unit_masks.items()},
         unmasked_layers=gates.skipped,
         probabilities={k: v.tolist() for k, v in probs.items()},
         probabilities_bn={k: v.tolist() for k, v in probs_bn.items()},
@@ -298,3 +362,8 @@ def finish(
         dense_flops=base.flops,
     )
     return PruneResult(pruned, history, info)
+
+
+def _mask_name(gates: ChannelGates, key: int | str) -> str:
+    """A unit mask's readable name: its group's, or a pre-activation layer's own."""
+    return key if isinstance(key, str) else gates.graph.groups[key].name
