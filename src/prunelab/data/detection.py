@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from prunelab.atomic import atomic_write_bytes
-from prunelab.data.archive import sha256_file
+from prunelab.data.archive import verified_sha256
 from prunelab.data.arrays import atomic_save_npy, cache_root, data_root
 from prunelab.data.detection_loader import DetectionLoader, Objects, letterbox, place_objects
 from prunelab.data.detection_source import (
@@ -123,10 +123,7 @@ def load_coco128(root: Path, *, masks: bool, image_size: int, sha256: str | None
     archive = Path(root) / COCO128_NAME
     if not archive.is_file():
         raise DataNotFoundError(f"COCO128 archive not found: looked for {archive}")
-    digest = sha256_file(archive)
-    if sha256 is not None and digest != sha256.lower():
-        raise CorruptFileError(f"{archive} has sha256 {digest}, expected {sha256}: the file is "
-                               f"damaged or not the expected archive")
+    digest = verified_sha256(archive, sha256)
     kind = "seg" if masks else "det"
     folder = cache_root(cache_dir) / f"coco128-{digest[:16]}-{kind}-s{image_size}"
     cached = _read_cache(folder)

@@ -20,14 +20,13 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.path import Path as MplPath
 from PIL import Image
 
-from prunelab.data.loader import ShardedBatches
+from prunelab.data.loader import GeneratorState, ShardedBatches
 from prunelab.errors import ConfigError, CorruptFileError
 
 PAD_VALUE = 114
@@ -119,10 +118,11 @@ def target_of(obj: Objects, size: int, flip: bool = False) -> dict[str, torch.Te
     return target
 
 
-class DetectionLoader(ShardedBatches):
+class DetectionLoader(GeneratorState, ShardedBatches):
     """Iterates ((B, 3, S, S) float images, [target dict] * B) from letterboxed images."""
 
     resolution: int | None = None  # fixed at decode (the data set's image_size)
+    state_kind = "detection"
 
     def __init__(
         self,
@@ -187,14 +187,3 @@ class DetectionLoader(ShardedBatches):
         self.images = self.images.to(device)
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "detection", "epoch": self.epoch, "seed": self.seed,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.epoch = int(state["epoch"])
-            self.generator.set_state(state["generator"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise CorruptFileError(f"data loader state is not a DetectionLoader state: {exc}"
-                                   ) from exc
