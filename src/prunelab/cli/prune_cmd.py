@@ -143,13 +143,16 @@ def _plots(
         layer_widths(dense), layer_widths(pruned), out / "kept_channels.png", f"{title}: channels"
     )
     images = [widths]
-    curve = plots.curves(history, out / "curves.png", f"{title}: training")
+    metric = summary.get("task_metric", "top1")
+    curve = plots.curves(history, out / "curves.png", f"{title}: training", metric,
+                         metric_label(metric))
     if curve is not None:
         images.append(curve)
     points = [
         {"label": r["label"], "flops": r["flops"], "top1": r["top1"]} for r in summary["rows"]
     ]
-    images.append(plots.accuracy_vs_flops(points, out / "accuracy_vs_flops.png", title))
+    images.append(plots.accuracy_vs_flops(points, out / "accuracy_vs_flops.png", title,
+                                          metric_label(metric)))
     return images
 
 

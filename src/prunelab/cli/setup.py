@@ -139,10 +139,12 @@ def make_model(config: dict[str, Any], data: DataBundle) -> nn.Module:
     else:
         if not config.get("model"):
             raise ConfigError("config model is missing (e.g. model=resnet20)")
-        model = models.create(config["model"], num_classes=data.num_classes,
-                              **(config.get("model_args") or {}))
+        args = dict(config.get("model_args") or {})
+        if models.detection_task(config["model"]) and "image_size" not in args:
+            args["image_size"] = data.input_size[1]  # the detector resizes to the data's size
+        model = models.create(config["model"], num_classes=data.num_classes, **args)
         what = f"{config['model']}'s zoo default is"
-    classes = _num_outputs(model)
+    classes = _check_task(model, data)
     if classes is not None and classes != data.num_classes:
         raise ConfigError(
             f"the model predicts {classes} classes but data {data.name!r} has {data.num_classes}"
@@ -192,6 +194,20 @@ def apply_resolution(
 
 def _shape(size: tuple[int, ...]) -> str:
     return "x".join(str(s) for s in size)
+
+
+def _check_task(model: nn.Module, data: DataBundle) -> int | None:
+    """A detector needs data of its task; returns the classes the model predicts."""
+    arch = getattr(model, "prunelab_arch", None) or {}
+    kind = models.detection_task(arch.get("name", ""))
+    wants = getattr(data, "task", "classification")
+    if kind is None and wants not in ("detection", "instance_segmentation"):
+        return _num_outputs(model)
+    if kind != wants:
+        raise ConfigError(f"model {arch.get('name') or type(model).__name__} trains on "
+                          f"{kind or 'classification'} data but data {data.name!r} is a "
+                          f"{wants} data set")
+    return arch.get("kwargs", {}).get("num_classes")
 
 
 def _num_outputs(model: nn.Module) -> int | None:

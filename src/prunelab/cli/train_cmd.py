@@ -85,7 +85,9 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
         "model_file": "model.pt", "config": config,
     }  # fmt: skip
     images = []
-    curve = plots.curves(trainer.history, out / "curves.png", f"{config.get('model')}: training")
+    headline = trainer.task.headline
+    curve = plots.curves(trainer.history, out / "curves.png", f"{config.get('model')}: training",
+                         headline, metric_label(headline))
     if curve is not None:
         images.append(curve)
     atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=1, default=str))

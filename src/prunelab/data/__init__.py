@@ -4,6 +4,8 @@ Names: `synthetic` (tiny, deterministic, for tests and demos), `cifar10_jpg`
 (the JPEG archive in $PRUNELAB_DATA, decoded once and cached in
 $PRUNELAB_CACHE), `cifar10` / `cifar100` (torchvision's pickled batches),
 `imagefolder` (any `train/<class>/`, `val/<class>/` tree, streamed);
+detection: `coco128`, `coco128_seg` (with masks), `yolo` (any YOLO-layout
+folder or archive), `coco_json` (COCO instances files);
 point clouds: `modelnet10` (the PCD archive) and `pointfolder` (any folder
 or archive of `<class>/<split>/*.pcd`).
 """
@@ -27,6 +29,11 @@ from prunelab.data.augment import (
     resize,
 )
 from prunelab.data.cifar import load_cifar_pickled
+from prunelab.data.detection import (  # registers coco128, coco128_seg, yolo, coco_json
+    COCO128_SHA256,
+    DetectionBundle,
+)
+from prunelab.data.detection_loader import DetectionLoader
 from prunelab.data.folder import FolderLoader, ShardSampler, imagenet_transforms
 from prunelab.data.loader import TensorLoader, shard_positions
 from prunelab.data.pcd import normalize_cloud, parse_pcd
@@ -60,10 +67,13 @@ __all__ = [
     "CIFAR10_STD",
     "CIFAR100_MEAN",
     "CIFAR100_STD",
+    "COCO128_SHA256",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MODELNET10_SHA256",
     "DataBundle",
+    "DetectionBundle",
+    "DetectionLoader",
     "FolderLoader",
     "ImageArrays",
     "Loader",

@@ -47,6 +47,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def verified_sha256(path: Path, expected: str | None) -> str:
+    """The file's sha256; CorruptFileError when `expected` is given and differs."""
+    digest = sha256_file(path)
+    if expected is not None and digest != expected.lower():
+        raise CorruptFileError(f"{path} has sha256 {digest}, expected {expected}: the file is "
+                               f"damaged or not the expected archive")
+    return digest
+
+
 def _decode_chunk(blobs: list[bytes]) -> tuple[np.ndarray | None, int, str]:
     """Decode image bytes to one (n, 3, H, W) uint8 array (runs in a worker process).
 

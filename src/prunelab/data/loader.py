@@ -66,6 +66,28 @@ def check_loader_args(n: int, n_labels: int, batch_size: int, what: str) -> None
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
 
 
+class GeneratorState:
+    """Checkpoint state of a loader whose epochs are drawn from its own generator."""
+
+    state_kind: str = ""
+    epoch: int
+    seed: int
+    generator: torch.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch count and generator state: enough to replay the next epochs exactly."""
+        return {"kind": self.state_kind, "epoch": self.epoch, "seed": self.seed,
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.epoch = int(state["epoch"])
+            self.generator.set_state(state["generator"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise CorruptFileError(f"data loader state is not a {type(self).__name__} state: "
+                                   f"{exc}") from exc
+
+
 class ShardedBatches:
     """Epoch length under sharding, shared by the in-memory loaders.
 
@@ -91,7 +113,7 @@ class ShardedBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
 
-class TensorLoader(ShardedBatches):
+class TensorLoader(GeneratorState, ShardedBatches):
     """Iterates (float images, int64 labels) batches from in-memory uint8 images.
 
     images: (N, C, H, W) uint8; labels: (N,) int64; `indices` restricts the
@@ -102,6 +124,8 @@ class TensorLoader(ShardedBatches):
     torch.distributed is initialised, each rank iterates its own shard of the
     epoch's shared permutation (`shard=False` turns that off).
     """
+
+    state_kind = "tensor"
 
     def __init__(
         self,
@@ -213,14 +237,3 @@ class TensorLoader(ShardedBatches):
         """Only records the epoch; order comes from the generator (see state_dict)."""
         self.epoch = epoch
 
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch count and generator state: enough to replay the next epochs exactly."""
-        return {"kind": "tensor", "epoch": self.epoch, "seed": self.seed,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.epoch = int(state["epoch"])
-            self.generator.set_state(state["generator"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise CorruptFileError(f"data loader state is not a TensorLoader state: {exc}") from exc

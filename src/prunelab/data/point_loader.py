@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from prunelab.data.loader import ShardedBatches, check_loader_args
-from prunelab.errors import ConfigError, CorruptFileError
+from prunelab.data.loader import GeneratorState, ShardedBatches, check_loader_args
+from prunelab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ def apply_point_augment(points: torch.Tensor, params: dict[str, torch.Tensor]) -
     return x * params["scale"] + params["shift"] + params["noise"]
 
 
-class PointCloudLoader(ShardedBatches):
+class PointCloudLoader(GeneratorState, ShardedBatches):
     """Iterates ((B, 3, P) float points, (B,) int64 labels) from in-memory clouds.
 
     `indices` restricts the loader to a subset; under torch.distributed each
@@ -66,6 +65,7 @@ class PointCloudLoader(ShardedBatches):
     """
 
     resolution: int | None = None  # images only; kept for the Loader protocol
+    state_kind = "points"
 
     def __init__(
         self,
@@ -124,14 +124,3 @@ class PointCloudLoader(ShardedBatches):
         self.labels = self.labels.to(device)
         return self
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": "points", "epoch": self.epoch, "seed": self.seed,
-                "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.epoch = int(state["epoch"])
-            self.generator.set_state(state["generator"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise CorruptFileError(f"data loader state is not a PointCloudLoader state: {exc}"
-                                   ) from exc

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from prunelab.atomic import atomic_write_bytes
-from prunelab.data.archive import sha256_file
+from prunelab.data.archive import verified_sha256
 from prunelab.data.arrays import cache_root, data_root
 from prunelab.data.pcd import normalize_cloud, parse_pcd
 from prunelab.data.point_loader import PointAugment, PointCloudLoader
@@ -169,10 +169,7 @@ def load_point_clouds(
         return decode_point_clouds(_folder_files(source), num_points, str(source))
     if not source.is_file():
         raise DataNotFoundError(f"point-cloud data not found: looked for {source}")
-    digest = sha256_file(source)
-    if sha256 is not None and digest != sha256.lower():
-        raise CorruptFileError(f"{source} has sha256 {digest}, expected {sha256}: the file is "
-                               f"damaged or not the expected archive")
+    digest = verified_sha256(source, sha256)
     cache = cache_root(cache_dir) / f"{source.name.split('.')[0]}-{digest[:16]}-p{num_points}.npz"
     cached = _load_cache(cache)
     if cached is not None:

@@ -44,6 +44,9 @@ def distillation(task: PruneTask, config: TrainConfig) -> list[Distillation]:
     """The distillation callback `config.distill` asks for (none when it is not set)."""
     if not config.distill:
         return []
+    if not task_for(task.data).logits:
+        raise ConfigError(f"train.distill matches class logits; the {task_for(task.data).name} "
+                          f"task's model returns losses in training: drop train.distill")
     spec = config.distill["teacher"]
     if spec == DENSE_TEACHER:
         if task.teacher is None:
@@ -64,10 +67,12 @@ def batches(
     loader = getattr(task.data, split)
     if loader is None:
         raise ValueError(f"the data has no {split} split")
+    cpu = torch.device("cpu")
+    prepare = task_for(task.data).prepare  # targets may be a list of dicts (detection)
     for i, batch in enumerate(loader):
         if i >= n:
             break
-        yield batch[0].cpu(), batch[1].cpu()
+        yield prepare(batch, cpu, False)
 
 
 @torch.no_grad()

@@ -3,7 +3,10 @@
 Our own CIFAR models register themselves with `@register_model` on a plain
 builder function (the timm pattern): the decorator records the builder and
 the model's natural input size and class count, nothing else. Any
-torchvision classification model is available under its torchvision name.
+torchvision classification model is available under its torchvision name,
+and so is every torchvision detection model (SSD, SSD-lite, RetinaNet, FCOS,
+Faster/Mask R-CNN, built with `weights_backbone=None`; `image_size=S` makes
+its transform resize every image to S x S, and travels in the recipe).
 A name that exists in torchvision always means the torchvision model, so our
 CIFAR variants of colliding names carry a ``cifar_`` prefix. ``timm/NAME`` is
 timm's model NAME (the optional `timm` extra, `prunelab.models.timm_models`).
@@ -54,8 +57,27 @@ _REGISTRY: dict[str, _Entry] = {}
 
 @cache
 def _torchvision_names() -> frozenset[str]:
-    """Classification models of torchvision (not detection, video, ...)."""
-    return frozenset(torchvision.models.list_models(module=torchvision.models))
+    """Classification and detection models of torchvision (not segmentation, video, ...)."""
+    return frozenset(torchvision.models.list_models(module=torchvision.models)) | _detection_names()
+
+
+@cache
+def _detection_names() -> frozenset[str]:
+    return frozenset(torchvision.models.list_models(module=torchvision.models.detection))
+
+
+def detection_task(name: str) -> str | None:
+    """The data task a model trains on: "detection", "instance_segmentation" or None."""
+    if name not in _detection_names():
+        return None
+    if name.startswith("keypointrcnn"):
+        return "keypoints"
+    return "instance_segmentation" if name.startswith("maskrcnn") else "detection"
+
+
+def _detection_input_size(name: str) -> tuple[int, int, int]:
+    side = 320 if name.startswith("ssdlite") else 300 if name.startswith("ssd") else 800
+    return (3, side, side)
 
 
 def register_model(
@@ -109,6 +131,8 @@ def default_input_size(name: str) -> tuple[int, int, int]:
         return _REGISTRY[name].input_size
     if timm_models.is_timm_name(name):
         return timm_models.input_size(name)
+    if name in _detection_names():
+        return _detection_input_size(name)
     return TORCHVISION_INPUT_SIZE
 
 
@@ -117,6 +141,8 @@ def default_num_classes(name: str) -> int:
     check_name(name)
     if name in _REGISTRY:
         return _REGISTRY[name].num_classes
+    if name in _detection_names():
+        return 91  # COCO's category ids 1-90 plus the background
     return TORCHVISION_NUM_CLASSES
 
 
@@ -131,7 +157,7 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
     `create_from_arch`.
     """
     check_name(name)
-    for key in ("weights", "pretrained"):
+    for key in ("weights", "pretrained", "weights_backbone"):
         if kwargs.get(key) not in (None, False):
             raise ConfigError(
                 f"{key}={kwargs[key]!r}: prunelab never downloads pretrained weights; "
@@ -152,7 +178,8 @@ def create(name: str, num_classes: int | None = None, **kwargs: Any) -> nn.Modul
         model = _create_torchvision(name, num_classes, kwargs)
 
     model.prunelab_arch = {"name": name, "kwargs": {"num_classes": num_classes, **kwargs}}
-    model.prunelab_input_size = default_input_size(name)
+    size = kwargs.get("image_size") if name in _detection_names() else None
+    model.prunelab_input_size = (3, size, size) if size else default_input_size(name)
     return model
 
 
@@ -168,8 +195,25 @@ def create_from_arch(arch: dict[str, Any]) -> nn.Module:
 
 def _create_torchvision(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
     build_kwargs = dict(kwargs)
+    if name in _detection_names():
+        return _create_detection(name, num_classes, build_kwargs)
     if name in ("googlenet", "inception_v3"):
         # Without pretrained weights these warn unless told to initialise;
         # we always want the initialisation.
         build_kwargs.setdefault("init_weights", True)
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **build_kwargs)
+
+
+def _create_detection(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn.Module:
+    """A torchvision detector from scratch; `image_size` fixes its transform's resize."""
+    size = kwargs.pop("image_size", None)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 32):
+        raise ConfigError(f"image_size={size!r} must be a whole number of pixels >= 32")
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                         num_classes=num_classes, **kwargs)
+    if size is not None:
+        transform = model.transform
+        transform.min_size, transform.max_size = (size,), size
+        if transform.fixed_size is not None:  # SSD resizes to a fixed (h, w)
+            transform.fixed_size = (size, size)
+    return model

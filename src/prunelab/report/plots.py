@@ -29,9 +29,10 @@ def kept_channels(dense: dict[str, int], pruned: dict[str, int], path: Path, tit
     return path
 
 
-def curves(history: list[dict[str, Any]], path: Path, title: str) -> Path | None:
-    """Train loss and test top-1 per epoch of a run's training; None without epochs."""
-    epochs = [h for h in history if "train_loss" in h or "test_top1" in h]
+def curves(history: list[dict[str, Any]], path: Path, title: str, metric: str = "top1",
+           label: str = "top-1") -> Path | None:
+    """Train loss and the test `metric` (the task's headline) per epoch; None without epochs."""
+    epochs = [h for h in history if "train_loss" in h or f"test_{metric}" in h]
     if not epochs:
         return None
     xs = list(range(1, len(epochs) + 1))
@@ -42,10 +43,11 @@ def curves(history: list[dict[str, Any]], path: Path, title: str) -> Path | None
     a.set_xlabel("epoch")
     a.set_ylabel("loss")
     a.legend()
-    b.plot(xs, [h.get("train_top1") for h in epochs], marker="o", label="train")
-    b.plot(xs, [h.get("test_top1") for h in epochs], marker="o", label="test")
+    if any(f"train_{metric}" in h for h in epochs):
+        b.plot(xs, [h.get(f"train_{metric}") for h in epochs], marker="o", label="train")
+    b.plot(xs, [h.get(f"test_{metric}") for h in epochs], marker="o", label="test")
     b.set_xlabel("epoch")
-    b.set_ylabel("top-1 (%)")
+    b.set_ylabel(f"{label} (%)")
     b.legend()
     fig.suptitle(title)
     fig.tight_layout()
@@ -54,8 +56,9 @@ def curves(history: list[dict[str, Any]], path: Path, title: str) -> Path | None
     return path
 
 
-def accuracy_vs_flops(points: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Scatter of top-1 against FLOPs (MACs); points: {label, flops, top1}."""
+def accuracy_vs_flops(points: list[dict[str, Any]], path: Path, title: str,
+                      label: str = "top-1") -> Path:
+    """Scatter of the headline metric (`label`) against FLOPs; points: {label, flops, top1}."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for p in points:
         if p.get("top1") is None:
@@ -64,7 +67,7 @@ def accuracy_vs_flops(points: list[dict[str, Any]], path: Path, title: str) -> P
         ax.annotate(p["label"], (p["flops"] / 1e6, p["top1"]), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")  # fmt: skip
     ax.set_xlabel("FLOPs (MACs, millions)")
-    ax.set_ylabel("top-1 (%)")
+    ax.set_ylabel(f"{label} (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -19,6 +19,7 @@ from prunelab.train.checkpoint import (
     set_rng_state,
 )
 from prunelab.train.config import PRESETS, TrainConfig
+from prunelab.train.detection_tasks import Detection, InstanceSegmentation  # registers both
 from prunelab.train.distill import Distillation
 from prunelab.train.distributed import DistContext, init_distributed
 from prunelab.train.loop import Trainer, resolve_amp, resolve_device
@@ -37,8 +38,10 @@ __all__ = [
     "METRICS_NAME",
     "PRESETS",
     "Callback",
+    "Detection",
     "DistContext",
     "Distillation",
+    "InstanceSegmentation",
     "LRSchedule",
     "MetricsLog",
     "PointCloudClassification",

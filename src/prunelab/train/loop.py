@@ -291,9 +291,11 @@ class Trainer:
         else:
             ev = self.evaluate(log=False)
             test = {k: ev[k] for k in names}
-        train_key = f"train_{self.task.train_metric}"
-        return {**test, "train_loss": last.get("train_loss"), train_key: last.get(train_key),
-                "epochs": self.epoch, "steps": self.global_step, "time": seconds}
+        final = {**test, "train_loss": last.get("train_loss")}
+        if self.task.train_metric is not None:
+            train_key = f"train_{self.task.train_metric}"
+            final[train_key] = last.get(train_key)
+        return {**final, "epochs": self.epoch, "steps": self.global_step, "time": seconds}
 
     # ------------------------------------------------------------ one epoch
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -327,7 +329,7 @@ class Trainer:
                 model, opt = self.train_model, self.optimizer
             self.scheduler.apply(opt, self.global_step)
             with self._autocast():
-                raw = model(x)
+                raw = task.forward(model, x, y)
                 out = main_logits(raw)
                 loss = self.criterion(out, y)
                 extra_aux = aux_loss(raw, y, self.criterion)

@@ -146,11 +146,12 @@ class Progress:
 
     def epoch_line(self, record: dict[str, Any], epochs: int, eta: float,
                    metrics: tuple[str, ...] = ("top1", "top5", "loss"),
-                   train_metric: str = "top1") -> None:
+                   train_metric: str | None = "top1") -> None:
         """One line per epoch; `metrics` are the task's test metrics (all but loss in %)."""
         parts = [f"epoch {record['epoch']}/{epochs}", f"step {record['step']}",
-                 f"loss {record['train_loss']:.4f}",
-                 f"{train_metric} {record[f'train_{train_metric}']:.2f}%"]
+                 f"loss {record['train_loss']:.4f}"]
+        if train_metric is not None:
+            parts.append(f"{train_metric} {record[f'train_{train_metric}']:.2f}%")
         if f"test_{metrics[0]}" in record:
             shown = [f"{k} {record[f'test_{k}']:.4f}" if k == "loss" else
                      f"{k} {record[f'test_{k}']:.2f}%" for k in metrics]

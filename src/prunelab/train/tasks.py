@@ -3,7 +3,7 @@
 A task tells the loop four things and nothing else:
 
     inputs, targets = task.prepare(batch, device, channels_last)   # on the device
-    outputs = model(inputs)
+    outputs = task.forward(model, inputs, targets)  # training: model(inputs) for classifiers
     loss = criterion(outputs, targets)        # criterion = task.criterion(config)
     meter.update(outputs, targets)            # train_meter / eval_meter; compute() per epoch
 
@@ -13,7 +13,8 @@ reports). Methods and callbacks never see the task: they get `batch` =
 the device and synchronise once, in `compute()`, which also sums over DDP ranks.
 
 Tasks: `classification` (top-1/top-5 %, the default) and
-`pointcloud_classification` (overall accuracy and mean class accuracy, %).
+`pointcloud_classification` (overall accuracy and mean class accuracy, %);
+`detection` and `instance_segmentation` (COCO mAP) live in detection_tasks.py.
 """
 
 from __future__ import annotations
@@ -125,8 +126,9 @@ class Task:
 
     name: ClassVar[str] = "classification"
     metrics: ClassVar[tuple[str, ...]] = ("top1", "top5", "loss")  # first = headline
-    train_metric: ClassVar[str] = "top1"
+    train_metric: ClassVar[str | None] = "top1"  # None: the task logs no training metric
     channels_last: ClassVar[bool] = True  # inputs are NCHW images that may use channels_last
+    logits: ClassVar[bool] = True  # training outputs are class logits (distillation matches them)
 
     def __init__(self, num_classes: int | None = None) -> None:
         self.num_classes = num_classes
@@ -142,6 +144,10 @@ class Task:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+    def forward(self, model: nn.Module, inputs: Any, targets: Any) -> Any:
+        """The model's training-mode output (detection models also take the targets)."""
+        return model(inputs)
 
     def batch_size(self, targets: Any) -> int:
         return int(targets.shape[0])
@@ -185,7 +191,8 @@ class PointCloudClassification(Task):
 
 
 _LABELS = {"top1": "top-1", "top5": "top-5", "overall_acc": "overall accuracy",
-           "mean_class_acc": "mean class accuracy"}
+           "mean_class_acc": "mean class accuracy", "map": "mAP@[.5:.95]", "map50": "mAP@.5",
+           "mask_map": "mask mAP@[.5:.95]", "mask_map50": "mask mAP@.5"}
 
 
 def metric_label(name: str) -> str:

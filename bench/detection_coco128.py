@@ -1,0 +1,159 @@
+"""SSD-lite on COCO128 from scratch: dense vs uniform L1 vs CHEX at 50% FLOPs, same epochs.
+
+Every arm runs the user's path (`prunelab train` / `prunelab prune` on
+configs/chex_ssdlite_coco128.yaml) with the same recipe and number of epochs:
+
+    dense      train the dense torchvision ssdlite320_mobilenet_v3_large (weights=None,
+               weights_backbone=None) for EPOCHS epochs
+    uniform    uniform L1 to 50% FLOPs at initialisation (channels ranked by the L1 norm
+               of their fresh weights), then EPOCHS epochs of training
+    chex       CHEX from scratch to 50% FLOPs for EPOCHS epochs (update every epoch)
+
+Inputs are letterboxed to --size (160 by default; the model's transform resizes to the
+same size); train2017's 128 images train, val2017's 128 images evaluate (COCO box
+mAP@[.5:.95] and mAP@.5 by pycocotools, 300 detections per image, score > 0.001, the
+torchvision defaults). FLOPs are MACs of every convolution of the detector; latency is
+measured on one image, 1 thread: `latency` times each arm's network alone (backbone
+and heads) and the whole detector (transform, box decoding and NMS too), in turns.
+128 images train no detector from scratch: expect mAP near zero.
+
+    PRUNELAB_DATA=../shared/data nice -n 10 .venv/bin/python bench/detection_coco128.py \\
+        dense uniform chex latency report --epochs 4 --size 128
+
+Each arm writes bench/results/detection_runs/<arm>.json; `report` prints their table
+(bench/results/detection_coco128.md holds it and the notes). The full-length run for a
+later session: `--epochs 120 --size 160` (about 1 min per epoch per arm on one free core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunelab import io
+from prunelab.cli.config import load_yaml
+from prunelab.cli.prune_cmd import run_prune
+from prunelab.cli.train_cmd import run_train
+from prunelab.models.detection_core import tensor_program
+
+CONFIG = Path("configs/chex_ssdlite_coco128.yaml")
+RESULTS = Path("bench/results/detection_runs")
+RUNS = Path("runs/detection_bench")
+ARMS = ("dense", "uniform", "chex")
+
+
+def config_for(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    config = copy.deepcopy(load_yaml(CONFIG))
+    config["data"]["image_size"] = args.size
+    config["train"].update({"epochs": args.epochs, "eval_every": args.epochs})
+    if args.steps_per_epoch:
+        config["train"]["steps_per_epoch"] = args.steps_per_epoch
+    if arm == "uniform":
+        config["method"] = {"name": "uniform", "criterion": "l1", "round_to": 8}
+    config["run_dir"] = str(RUNS / arm)
+    config["quiet"] = False
+    return config
+
+
+def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
+    config = config_for(arm, args)
+    t0 = time.perf_counter()
+    summary = run_train(config) if arm == "dense" else run_prune(config)
+    assert summary is not None
+    rows = summary["rows"]
+    row = rows[0] if arm == "dense" else rows[1]
+    final = summary["info"].get("final") or summary["info"].get("finetune") or {}
+    record = {
+        "arm": arm, "epochs": args.epochs, "size": args.size, "map": row["top1"],
+        "map50": final.get("map50"), "flops": row["flops"], "params": row["params"],
+        "latency_ms": row.get("latency_ms"), "seconds": time.perf_counter() - t0,
+        "dense_latency_ms": rows[0].get("latency_ms") if arm != "dense" else None,
+        "achieved": summary["info"].get("achieved") or summary["info"].get("achieved_flops"),
+        "threads": torch.get_num_threads(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{arm}.json").write_text(json.dumps(record, indent=1))
+    print(json.dumps(record))
+    return record
+
+
+def network_latency(args: argparse.Namespace, repeats: int = 15) -> dict[str, dict[str, float]]:
+    """Median ms per image of each arm's network alone (backbone + heads) and whole detector.
+
+    The arms are timed in turns (one call each, repeated), so a change of load on a
+    shared machine hits every arm alike. The whole detector's time includes box
+    decoding and NMS over its candidates, which depends on how many boxes pass the
+    0.001 score threshold: for barely trained detectors that part varies by model.
+    """
+    loaded = {a: io.load(RUNS / a / "model.pt") for a in ARMS if (RUNS / a / "model.pt").exists()}
+    x = torch.rand(1, 3, args.size, args.size)
+    times: dict[str, dict[str, list[float]]] = {a: {"network": [], "detector": []} for a in loaded}
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            for arm, model in loaded.items():
+                for part, fn in (("network", tensor_program(model)), ("detector", model)):
+                    t0 = time.perf_counter()
+                    fn(x)
+                    if i >= 2:  # two warm-up rounds
+                        times[arm][part].append(1e3 * (time.perf_counter() - t0))
+    out = {a: {k: statistics.median(v) for k, v in parts.items()} for a, parts in times.items()}
+    (RESULTS / "latency.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out))
+    return out
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def report() -> str:
+    records = {a: json.loads((RESULTS / f"{a}.json").read_text())
+               for a in ARMS if (RESULTS / f"{a}.json").exists()}
+    if "dense" in records and records["dense"].get("latency_ms") is None:
+        others = [r["dense_latency_ms"] for r in records.values() if r.get("dense_latency_ms")]
+        records["dense"]["latency_ms"] = min(others) if others else None
+    base = records.get("dense", {})
+    path = RESULTS / "latency.json"
+    lat = json.loads(path.read_text()) if path.exists() else {}
+    lines = ["| arm | epochs | box mAP@[.5:.95] (%) | mAP@.5 (%) | FLOPs (MACs) | params | "
+             "network latency | detector latency (prune's table) | wall time |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for arm, r in records.items():
+        flops = f"{r['flops'] / 1e6:.0f} M"
+        params = f"{r['params'] / 1e6:.2f} M"
+        if base and arm != "dense":
+            flops += f" ({r['flops'] / base['flops']:.0%})"
+            params += f" ({r['params'] / base['params']:.0%})"
+        lines.append(f"| {arm} | {r['epochs']} | {_fmt(r['map'], '.3f')} | "
+                     f"{_fmt(r['map50'], '.3f')} | {flops} | {params} | "
+                     f"{_fmt(lat.get(arm, {}).get('network'), '.1f')} ms | "
+                     f"{_fmt(r['latency_ms'], '.0f')} ms | {r['seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("arms", nargs="+", choices=[*ARMS, "latency", "report"])
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--size", type=int, default=160)
+    ap.add_argument("--steps-per-epoch", type=int, default=None, help="smoke tests only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for arm in args.arms:
+        if arm == "report":
+            print(report())
+        elif arm == "latency":
+            network_latency(args)
+        else:
+            run_arm(arm, args)
+
+
+if __name__ == "__main__":
+    main()
