@@ -24,11 +24,6 @@ REFUSED: dict[str, str] = {
     "swin_v2_b": "Tensor.view",
     "swin_v2_s": "Tensor.view",
     "swin_v2_t": "Tensor.view",
-    "vit_b_16": "torch.cat",
-    "vit_b_32": "torch.cat",
-    "vit_h_14": "torch.cat",
-    "vit_l_16": "torch.cat",
-    "vit_l_32": "torch.cat",
 }
 _SLOW = {"regnet_y_128gf", "regnet_y_32gf", "vit_h_14", "vit_l_32", "wide_resnet101_2", "swin_b"}
 

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunelab.errors import UnsupportedModelError
+from prunelab.graph.attention_rules import OUTPUTS, AttentionRules
 from prunelab.graph.groups import LayerInfo
 from prunelab.graph.op_tables import (
     _BINARY_FUNCTIONS,
@@ -37,11 +38,13 @@ from prunelab.graph.op_tables import (
     _SPLIT_SAFE_FUNCTIONS,
     _SPLIT_SAFE_METHODS,
     _VIEW_METHODS,
+    MULTIHEAD_ATTENTION,
     FrozenBatchNorm2d,
 )
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
 
 _TRUSTED_PACKAGES = ("torch.", "torchvision.")
+MODEL_INPUT = "model input"
 
 
 def _overridden_base(mod: nn.Module) -> type | None:
@@ -65,7 +68,7 @@ def _literal(shape_args: Sequence[object], dim: int) -> bool:
     return len(shape_args) > dim and isinstance(shape_args[dim], int) and shape_args[dim] != -1
 
 
-class OpRules:
+class OpRules(AttentionRules):
     """Channel rules of torch ops; mixed into ChannelAnalysis."""
 
     def run(self) -> None:
@@ -88,8 +91,23 @@ class OpRules:
         shape = _shape(node)
         if shape is not None and len(shape) >= 2:
             ids = self.fresh(shape[1])
-            self.pin(ids, "model input")
+            self.pin(ids, MODEL_INPUT)
             self.values[node] = _Value(ids, 1, shape)
+
+    def channels_last(self, x: _Value) -> _Value:
+        """`x` read with its channels on the last axis, if it is the model input itself.
+
+        The input's channel axis is a guess (dim 1, as images have it); a layer that
+        reads channels last (a linear layer or attention fed token tensors (B, N, C))
+        tells the truth. The input's channels are fixed, so re-reading them is safe.
+        """
+        if x.axis == x.ndim - 1 or x.split is not None:
+            return x
+        if len(x.ids) and all(self.pinned.get(int(i)) == MODEL_INPUT for i in x.ids):
+            ids = self.fresh(x.shape[-1])
+            self.pin(ids, MODEL_INPUT)
+            return _Value(ids, x.ndim - 1, x.shape)
+        return x
 
     def visit_get_attr(self, node: fx.Node) -> None:
         path = str(node.target)
@@ -106,6 +124,9 @@ class OpRules:
         mod = self.root.get_submodule(name)
         inputs = self.tracked_inputs(node)
         x = inputs[0] if inputs else None
+        if type(mod) in MULTIHEAD_ATTENTION:
+            self.visit_multihead_attention(node, name, mod)
+            return
         base = _overridden_base(mod)
         if base is not None:
             raise UnsupportedModelError(
@@ -215,6 +236,7 @@ class OpRules:
         out_shape = _shape(node)
         assert out_shape is not None
         if x is not None:
+            x = self.channels_last(x)
             if x.axis != x.ndim - 1:
                 raise self.unsupported(node, "linear layer applied across a non-channel axis")
             self.record(name, "weight", 1, x.ids, "in")
@@ -313,6 +335,10 @@ class OpRules:
         if name in _SHAPE_METHODS:
             return
         x = self.tracked(node.args[0]) if node.args else None
+        ref = self.values.get(node.args[0]) if node.args else None
+        if isinstance(ref, _ParamRef) and name == "expand" and self.keeps_rank(node, ref):
+            self.values[node] = ref  # a class token broadcast over the batch: still the parameter
+            return
         if any(v.split for v in inputs) and name not in _SPLIT_SAFE_METHODS:
             raise self.unsupported(node, "its input's channels are split across two axes")
         if name in _BINARY_METHODS:
@@ -346,6 +372,12 @@ class OpRules:
             self.values[node] = _Value(x.ids, x.axis + len(out) - x.ndim, out)
         else:
             raise self.unsupported(node, "no rule for how this method maps channels")
+
+    @staticmethod
+    def keeps_rank(node: fx.Node, ref: _ParamRef) -> bool:
+        """An expand that only broadcasts size-1 axes (so the parameter's axes stay put)."""
+        out = _shape(node)
+        return out is not None and len(out) == len(ref.shape)
 
     def require(self, node: fx.Node, inputs: list[_Value]) -> _Value:
         if not inputs:
@@ -420,18 +452,35 @@ class OpRules:
         parts = []
         for t in tensors:  # type: ignore[union-attr]
             v = self.tracked(t)
-            if v is None:
+            ref = self.values.get(t) if isinstance(t, fx.Node) else None
+            if v is None and not isinstance(ref, _ParamRef):
                 raise self.unsupported(node, "concatenates an untracked tensor")
-            parts.append(v)
-        axis = parts[0].axis
-        if any(p.axis != axis for p in parts):
-            raise self.unsupported(node, "operands disagree on which axis holds channels")
+            parts.append(v if v is not None else ref)
+        axes = {p.axis + len(out) - p.ndim for p in parts if isinstance(p, _Value)}
+        if len(axes) != 1:
+            why = "no operand has channels" if not axes else "operands disagree"
+            raise self.unsupported(node, f"{why} on which axis holds channels")
+        axis = axes.pop()
+        parts = [p if isinstance(p, _Value) else self.param_part(node, p, axis, dim) for p in parts]
         if dim == axis:
             self.values[node] = _Value(np.concatenate([p.ids for p in parts]), axis, out)
         else:
             for p in parts[1:]:
                 self.tie(parts[0].ids, p.ids)
             self.values[node] = _Value(parts[0].ids, axis, out)
+
+    def param_part(self, node: fx.Node, ref: _ParamRef, axis: int, dim: int) -> _Value:
+        """A parameter concatenated to tracked tensors (ViT's class token before the patches)."""
+        out = _shape(node)
+        assert out is not None
+        pdim = axis - (len(out) - len(ref.shape))
+        if pdim < 0 or dim == axis:
+            ids = self.fresh(out[axis] if pdim < 0 else ref.shape[pdim])
+            self.pin(ids, f"parameter {ref.module}.{ref.name} concatenated at {_where(node)}")
+            return _Value(ids, axis, ref.shape)
+        ids = self.fresh(ref.shape[pdim], source=False)
+        self.record(ref.module, ref.name, pdim, ids, "param")
+        return _Value(ids, axis, ref.shape)
 
     def flatten(self, node: fx.Node, x: _Value, start: object, end: object) -> None:
         out = _shape(node)
@@ -622,7 +671,9 @@ class OpRules:
         v = self.tracked(src)
         if v is None:
             marker = self.values.get(src) if isinstance(src, fx.Node) else None
-            if isinstance(marker, tuple) and marker[0] == "split":
+            if isinstance(marker, tuple) and marker[0] == OUTPUTS:
+                self.outputs_item(node, marker, idx)
+            elif isinstance(marker, tuple) and marker[0] == "split":
                 self.passthrough(node, marker[1])
             elif isinstance(marker, tuple) and marker[0] == "chunk-channels":
                 x = marker[1]

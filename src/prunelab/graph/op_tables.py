@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d  # a batch norm whose values are buffers
 
 from prunelab.layers import point_ops
+from prunelab.layers.attention import HeadPrunedMultiheadAttention
 
 # fmt: off
 
@@ -76,8 +77,11 @@ _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
 _INDEX_FUNCTIONS: set = {point_ops.farthest_point_sample, point_ops.ball_query}
 _GATHER_FUNCTIONS: set = {point_ops.gather_points, point_ops.group_points}
 
+# Attention the tracer prunes by whole heads (exact classes: a subclass may compute otherwise).
+MULTIHEAD_ATTENTION: tuple[type, ...] = (nn.MultiheadAttention, HeadPrunedMultiheadAttention)
+
 # Modules outside torch.nn that the tracer treats as leaves, with a rule of their own.
-_EXTRA_LEAVES: tuple[type, ...] = (FrozenBatchNorm2d,)
+_EXTRA_LEAVES: tuple[type, ...] = (FrozenBatchNorm2d, HeadPrunedMultiheadAttention)
 # fmt: on
 
 try:  # torchvision's stochastic depth is a pass-through on a channel's values

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from prunelab.graph.plan import Plan
+from prunelab.layers.attention import HeadPrunedMultiheadAttention
 
 
 def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -69,6 +70,16 @@ def _update_attrs(m: nn.Module, before: dict[str, int]) -> None:
         m.num_features = ref.shape[0]
     elif isinstance(m, nn.PReLU):
         m.num_parameters = m.weight.shape[0]
+    elif isinstance(m, nn.MultiheadAttention):
+        _update_attention(m)
+
+
+def _update_attention(m: nn.MultiheadAttention) -> None:
+    """Heads were removed (head_dim kept): torch's forward cannot run a narrower inside."""
+    q_rows = m.in_proj_weight.shape[0] // 3 if m._qkv_same_embed_dim else m.q_proj_weight.shape[0]
+    m.num_heads = q_rows // m.head_dim
+    if q_rows != m.embed_dim and type(m) is nn.MultiheadAttention:
+        m.__class__ = HeadPrunedMultiheadAttention  # same tensors, a forward that reads them
 
 
 def resize_to(model: nn.Module, shapes: dict[str, torch.Size]) -> nn.Module:
