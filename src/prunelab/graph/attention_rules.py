@@ -39,7 +39,9 @@ class AttentionRules:
     def visit_multihead_attention(
         self, node: fx.Node, name: str, mod: nn.MultiheadAttention
     ) -> None:
-        q, k, v = (self.mha_input(node, i, key) for i, key in enumerate(("query", "key", "value")))
+        q, k, v = (
+            self.attention_input(node, i, key) for i, key in enumerate(("query", "key", "value"))
+        )
         heads, rows = self.head_rows(mod.num_heads, mod.head_dim)
         record = self.record  # type: ignore[attr-defined]
         if mod._qkv_same_embed_dim:
@@ -68,7 +70,7 @@ class AttentionRules:
         out = _Value(out_ids, q.ndim - 1, (*q.shape[:-1], mod.embed_dim))
         self.values[node] = (OUTPUTS, [out, None], heads, "attention weights read per head")  # type: ignore[attr-defined]
 
-    def mha_input(self, node: fx.Node, pos: int, key: str) -> _Value:
+    def attention_input(self, node: fx.Node, pos: int, key: str) -> _Value:
         arg = node.args[pos] if len(node.args) > pos else node.kwargs.get(key)
         x = self.tracked(arg)  # type: ignore[attr-defined]
         x = x if x is None else self.channels_last(x)  # type: ignore[attr-defined]
@@ -109,6 +111,91 @@ class AttentionRules:
         products.append(
             ProductCost(f"{name}.out_proj", length, ((f"{name}.out_proj", "weight", 0), width))
         )
+
+    def visit_window_attention(self, node: fx.Node, name: str, mod: nn.Module) -> None:
+        """Swin's (shifted) window attention on (B, H, W, C); v2 adds a per-head
+        temperature and a bias MLP whose last layer has one output per head."""
+        x = self.attention_input(node, 0, "x")
+        qkv, proj = f"{name}.qkv", f"{name}.proj"
+        inner = mod.qkv.weight.shape[0] // 3
+        heads, rows = self.head_rows(mod.num_heads, inner // mod.num_heads)
+        record = self.record  # type: ignore[attr-defined]
+        self.head_projections(name, mod.qkv, qkv, x, rows, mod.proj, proj)
+        if hasattr(mod, "logit_scale"):
+            record(name, "logit_scale", 0, heads, "param")
+            self.position_mlp(name, mod, heads)
+        else:
+            record(name, "relative_position_bias_table", 1, heads, "param")
+        height, width = (x.shape[i] + (-x.shape[i] % mod.window_size[i - 1]) for i in (1, 2))
+        tokens = height * width  # after padding to whole windows
+        per_window = mod.window_size[0] * mod.window_size[1]
+        products = self.products  # type: ignore[attr-defined]
+        if self.inference_modules is None or name in self.inference_modules:  # type: ignore[attr-defined]
+            products.append(ProductCost(qkv, tokens, ((qkv, "weight", 0), (qkv, "weight", 1))))
+            products.append(
+                ProductCost(f"{name}.matmuls", 2 * tokens * per_window, ((proj, "weight", 1),))
+            )
+            products.append(ProductCost(proj, tokens, ((proj, "weight", 0), (proj, "weight", 1))))
+        out_ids = self.values_out(proj)
+        self.values[node] = _Value(out_ids, x.ndim - 1, (*x.shape[:-1], len(out_ids)))  # type: ignore[attr-defined]
+
+    def visit_maxvit_attention(self, node: fx.Node, name: str, mod: nn.Module) -> None:
+        """MaxViT's attention within windows or grid cells: (B, G, P, D) tokens."""
+        x = self.attention_input(node, 0, "x")
+        qkv, merge = f"{name}.to_qkv", f"{name}.merge"
+        heads, rows = self.head_rows(mod.n_heads, mod.head_dim)
+        self.head_projections(name, mod.to_qkv, qkv, x, rows, mod.merge, merge)
+        self.record(name, "relative_position_bias_table", 1, heads, "param")  # type: ignore[attr-defined]
+        batch, groups, tokens, _ = x.shape
+        for layer, path in ((mod.to_qkv, qkv), (mod.merge, merge)):
+            shape = (batch, groups, tokens, layer.out_features)
+            self.add_layer(path, "linear", layer.weight.shape, shape, 3, called_in=name)  # type: ignore[attr-defined]
+        if self.inference_modules is None or name in self.inference_modules:  # type: ignore[attr-defined]
+            factor = 2 * groups * tokens * tokens
+            self.products.append(ProductCost(f"{name}.matmuls", factor, ((merge, "weight", 1),)))  # type: ignore[attr-defined]
+        out_ids = self.values_out(merge)
+        self.values[node] = _Value(out_ids, 3, (*x.shape[:-1], len(out_ids)))  # type: ignore[attr-defined]
+
+    def head_projections(
+        self,
+        name: str,
+        qkv_layer: nn.Linear,
+        qkv: str,
+        x: _Value,
+        rows: np.ndarray,
+        out_layer: nn.Linear,
+        out: str,
+    ) -> None:
+        """A packed q/k/v linear layer (heads' rows) and the output projection's columns."""
+        record = self.record  # type: ignore[attr-defined]
+        record(qkv, "weight", 1, x.ids, "in")
+        record(qkv, "weight", 0, np.tile(rows, 3), "out")
+        if qkv_layer.bias is not None:
+            record(qkv, "bias", 0, np.tile(rows, 3), "out")
+        record(out, "weight", 1, rows, "in")
+        self._out_layer = (out, out_layer)
+
+    def values_out(self, out: str) -> np.ndarray:
+        """Fresh output channels of the output projection `head_projections` recorded."""
+        path, layer = self._out_layer
+        assert path == out
+        out_ids = self.fresh(layer.out_features)  # type: ignore[attr-defined]
+        self.record_outputs(out, layer, out_ids)  # type: ignore[attr-defined]
+        return out_ids
+
+    def position_mlp(self, name: str, mod: nn.Module, heads: np.ndarray) -> None:
+        """Swin v2's bias MLP: (1, 2w-1, 2w-1, 2) coordinates -> one bias per head."""
+        first, last = mod.cpb_mlp[0], mod.cpb_mlp[-1]
+        path = f"{name}.cpb_mlp.{len(mod.cpb_mlp) - 1}"
+        self.record(path, "weight", 0, heads, "param")  # type: ignore[attr-defined]
+        if last.bias is not None:
+            self.record(path, "bias", 0, heads, "param")  # type: ignore[attr-defined]
+        grid = tuple(mod.relative_coords_table.shape[:-1])
+        for i, layer in ((0, first), (len(mod.cpb_mlp) - 1, last)):
+            shape = (*grid, layer.out_features)
+            self.add_layer(
+                f"{name}.cpb_mlp.{i}", "linear", layer.weight.shape, shape, 3, called_in=name
+            )  # type: ignore[attr-defined]
 
     def outputs_item(self, node: fx.Node, marker: tuple, idx: object) -> None:
         """`out[idx]` of a layer returning several outputs."""

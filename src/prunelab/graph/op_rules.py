@@ -38,8 +38,11 @@ from prunelab.graph.op_tables import (
     _SPLIT_SAFE_FUNCTIONS,
     _SPLIT_SAFE_METHODS,
     _VIEW_METHODS,
+    MAXVIT_ATTENTION,
     MULTIHEAD_ATTENTION,
+    SWIN_ATTENTION,
     FrozenBatchNorm2d,
+    patch_merging_pad,
 )
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
 
@@ -60,6 +63,15 @@ def _overridden_base(mod: nn.Module) -> type | None:
     for base in cls.__mro__[1:]:
         if base.__module__.startswith(_TRUSTED_PACKAGES) and base is not nn.Module:
             return base if cls.forward is not base.forward else None
+    return None
+
+
+def _regrouped_axis(shape: Sequence[int], a: int, out: Sequence[int]) -> int | None:
+    """The axis of `out` holding axis `a` of `shape` intact, if a view only regroups the rest."""
+    before, after = math.prod(shape[:a]), math.prod(shape[a + 1 :])
+    for b, n in enumerate(out):
+        if n == shape[a] and math.prod(out[:b]) == before and math.prod(out[b + 1 :]) == after:
+            return b
     return None
 
 
@@ -126,6 +138,12 @@ class OpRules(AttentionRules):
         x = inputs[0] if inputs else None
         if type(mod) in MULTIHEAD_ATTENTION:
             self.visit_multihead_attention(node, name, mod)
+            return
+        if type(mod) in SWIN_ATTENTION:
+            self.visit_window_attention(node, name, mod)
+            return
+        if type(mod) in MAXVIT_ATTENTION:
+            self.visit_maxvit_attention(node, name, mod)
             return
         base = _overridden_base(mod)
         if base is not None:
@@ -266,9 +284,17 @@ class OpRules(AttentionRules):
             self.passthrough(node, x)
 
     def add_layer(
-        self, name: str, kind: str, wshape: torch.Size, out_shape: Sequence[int], channel_axis: int
+        self,
+        name: str,
+        kind: str,
+        wshape: torch.Size,
+        out_shape: Sequence[int],
+        channel_axis: int,
+        called_in: str | None = None,
     ) -> None:
-        if self.inference_modules is not None and name not in self.inference_modules:
+        """Note a conv/linear layer's cost; `called_in` names the leaf that calls it, if any."""
+        caller = called_in or name
+        if self.inference_modules is not None and caller not in self.inference_modules:
             return  # a training-only branch: it costs nothing at inference
         spatial = math.prod(s for i, s in enumerate(out_shape) if i not in (0, channel_axis))
         prev = self.layers.get(name)
@@ -294,12 +320,14 @@ class OpRules(AttentionRules):
             self.reduce(node, self.require(node, inputs))
         elif t in (torch.reshape,):
             self.view(node, self.require(node, inputs), node.args[1:])
-        elif t in (torch.permute, torch.transpose):
+        elif t in (torch.permute, torch.transpose, torch.swapaxes, torch.swapdims):
             self.permute(node, self.require(node, inputs))
         elif t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
             self.softmax(node, self.require(node, inputs))
         elif t is F.pad:
             self.pad(node, self.require(node, inputs))
+        elif t is patch_merging_pad:
+            self.patch_merging(node, self.require(node, inputs))
         elif t in _SPLIT_FUNCTIONS:
             self.split(node, self.require(node, inputs))
         elif t is operator.getitem:
@@ -357,7 +385,7 @@ class OpRules(AttentionRules):
             self.view(node, x, node.args[1:])
         elif name in _REDUCE_METHODS:
             self.reduce(node, x)
-        elif name in ("permute", "transpose"):
+        elif name in ("permute", "transpose", "swapaxes", "swapdims"):
             self.permute(node, x)
         elif name in ("softmax", "log_softmax"):
             self.softmax(node, x)
@@ -528,6 +556,13 @@ class OpRules(AttentionRules):
             else:
                 inner = math.prod(x.shape[a + 1 :])
                 self.values[node] = _Value(np.repeat(x.ids, inner), a, out)
+        elif (b := _regrouped_axis(x.shape, a, out)) is not None:
+            # the axes before and after the channels regroup among themselves (a window
+            # partition of (B, H, W, C) tokens): the channels move to axis b intact
+            if _literal(shape_args, b):
+                self.opaque(node, "view with a hard-coded channel count")
+            else:
+                self.values[node] = _Value(x.ids, b, out)
         else:
             raise self.unsupported(
                 node, f"reshape {x.shape} -> {out} changes the channel axis (a channel shuffle?)"
@@ -638,6 +673,13 @@ class OpRules(AttentionRules):
             self.opaque(node, "softmax over channels")
         else:
             self.passthrough(node, x)
+
+    def patch_merging(self, node: fx.Node, x: _Value) -> None:
+        """Swin's patch merging: the four 2x2 neighbours side by side along the channels."""
+        out = _shape(node)
+        if out is None or x.axis != x.ndim - 1 or out[-1] != 4 * len(x.ids):
+            raise self.unsupported(node, "patch merging of a tensor without channels last")
+        self.values[node] = _Value(np.tile(x.ids, 4), x.axis, out)
 
     def pad(self, node: fx.Node, x: _Value) -> None:
         pads = self.arg(node, 1, "pad", ())

@@ -12,8 +12,15 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from prunelab.layers.attention import HeadPrunedMultiheadAttention
+from prunelab.layers.window_attention import (
+    HeadPrunedMaxVitAttention,
+    HeadPrunedWindowAttention,
+    HeadPrunedWindowAttentionV2,
+)
 
 __all__ = ["ATTENTION_COUNTERS", "attention_macs"]
 
@@ -39,9 +46,38 @@ def multihead_attention_macs(m: nn.MultiheadAttention, args: tuple, kwargs: dict
     return projections + matmuls + q_tokens * inner * m.out_proj.weight.shape[0]
 
 
+def window_attention_macs(m: ShiftedWindowAttention, args: tuple, kwargs: dict) -> int:
+    """Swin: projections and matmuls over the input padded to whole windows.
+
+    v2's bias MLP runs as modules, so the linear-layer hooks count it.
+    """
+    x = _argument(args, kwargs, 0, "x")
+    batch, height, width, channels = x.shape
+    window = m.window_size
+    tokens = batch * (height + -height % window[0]) * (width + -width % window[1])
+    inner = m.proj.weight.shape[1]
+    projections = tokens * (3 * inner * channels + inner * m.proj.weight.shape[0])
+    return projections + 2 * tokens * window[0] * window[1] * inner
+
+
+def maxvit_attention_macs(
+    m: RelativePositionalMultiHeadAttention, args: tuple, kwargs: dict
+) -> int:
+    """MaxViT: the two matmuls (its projections run as modules, counted by their hooks)."""
+    x = _argument(args, kwargs, 0, "x")
+    batch, groups, tokens, _ = x.shape
+    return 2 * batch * groups * tokens * tokens * m.merge.weight.shape[1]
+
+
 ATTENTION_COUNTERS: dict[type, Callable[[nn.Module, tuple, dict], int]] = {
     nn.MultiheadAttention: multihead_attention_macs,
     HeadPrunedMultiheadAttention: multihead_attention_macs,
+    ShiftedWindowAttention: window_attention_macs,
+    ShiftedWindowAttentionV2: window_attention_macs,
+    HeadPrunedWindowAttention: window_attention_macs,
+    HeadPrunedWindowAttentionV2: window_attention_macs,
+    RelativePositionalMultiHeadAttention: maxvit_attention_macs,
+    HeadPrunedMaxVitAttention: maxvit_attention_macs,
 }
 
 
