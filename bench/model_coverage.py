@@ -9,6 +9,7 @@ the `model-coverage` markers).
 
     python bench/model_coverage.py                 # everything, about 5 minutes at 1 thread
     python bench/model_coverage.py --task detection
+    python bench/model_coverage.py --models 'vit_|swin|maxvit'   # rerun these, keep the rest
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _verdict(r: PruneCheck) -> str:
     return "pass" if r.passed else "FAIL"
 
 
-def run(task: str | None) -> list[dict]:
+def run(task: str | None, models: str | None = None) -> list[dict]:
     rows = []
     for case in torchvision_cases(task):
+        if models and not re.search(models, case.name):
+            continue
         torch.manual_seed(0)
         t0 = time.perf_counter()
         model = randomize_norms(build_case(case))
@@ -59,6 +62,31 @@ def run(task: str | None) -> list[dict]:
         print(f"{row['name']:40s} {row['verdict']:8s} {row['seconds']:6.1f}s {row['why'][:90]}")
         rows.append(row)
     return rows
+
+
+_COLUMNS = ("task", "name", "input", "verdict", "groups", "flops", "error", "seconds", "why")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run's table (to rerun a few models and keep the rest)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != len(_COLUMNS) or cells[0] not in TASKS:
+            continue
+        row = dict(zip(_COLUMNS, cells, strict=True))
+        row["seconds"] = float(row["seconds"])
+        row["why"] = row["why"].replace("\\|", "|")
+        rows.append(row)
+    return rows
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` with the rows of the models in `new` replaced, in torchvision's order."""
+    by_name = {(r["task"], r["name"]): r for r in old}
+    by_name.update({(r["task"], r["name"]): r for r in new})
+    order = {(c.task, c.name): i for i, c in enumerate(torchvision_cases())}
+    return sorted(by_name.values(), key=lambda r: order.get((r["task"], r["name"]), len(order)))
 
 
 def _counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
@@ -88,7 +116,9 @@ def write_markdown(rows: list[dict]) -> str:
         "Each model is built with `weights=None` (`weights_backbone=None`), traced, and pruned",
         "to a random half of every prunable group; *pass* means the masked model's outputs",
         "equal the pruned model's (relative error < 1e-4) and the planned FLOPs and params",
-        "equal those counted on the pruned model. *groups*: prunable of all channel groups;",
+        "equal those counted on the pruned model (layer norms and zero-initialised linear",
+        "layers get random values first, or a zero classifier hides every difference).",
+        "*groups*: prunable of all channel groups;",
         "*flops*: pruned / dense FLOPs at that plan.",
         "",
         f"**{summary_line(rows)}.**",
@@ -122,9 +152,14 @@ def update_readme(rows: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=TASKS, default=None)
+    ap.add_argument(
+        "--models", default=None, help="regex of model names to rerun; the table keeps the others"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
-    rows = run(args.task)
+    rows = run(args.task, args.models)
+    if args.models:
+        rows = merged(read_rows(OUT), rows)
     atomic_write_text(OUT, write_markdown(rows))
     if args.task is None:
         update_readme(rows)

@@ -1,5 +1,6 @@
 """Layers methods install into models (pure modules, no pruning logic)."""
 
+from prunelab.layers.attention import HeadPrunedMultiheadAttention
 from prunelab.layers.batch_whitening import (
     BatchWhitening2d,
     convert_batchnorm,
@@ -7,9 +8,18 @@ from prunelab.layers.batch_whitening import (
     newton_inverse_sqrt,
     whitening_layers,
 )
+from prunelab.layers.window_attention import (
+    HeadPrunedMaxVitAttention,
+    HeadPrunedWindowAttention,
+    HeadPrunedWindowAttentionV2,
+)
 
 __all__ = [
     "BatchWhitening2d",
+    "HeadPrunedMaxVitAttention",
+    "HeadPrunedMultiheadAttention",
+    "HeadPrunedWindowAttention",
+    "HeadPrunedWindowAttentionV2",
     "convert_batchnorm",
     "group_size_for",
     "newton_inverse_sqrt",
