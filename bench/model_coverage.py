@@ -136,10 +136,11 @@ def write_markdown(rows: list[dict]) -> str:
 
 
 def update_readme(rows: list[dict]) -> None:
-    refused = ", ".join(r["name"] for r in rows if r["verdict"] != "pass") or "none"
+    refused = ", ".join(r["name"] for r in rows if r["verdict"] != "pass")
+    refusals = f"; refused, each with one error naming the op: {refused}" if refused else ""
     block = (
         "<!-- model-coverage -->\n"
-        f"{summary_line(rows)}; refused, each with one error naming the op: {refused} "
+        f"{summary_line(rows)}{refusals} "
         "([per-model list and reasons](bench/results/model_coverage.md)).\n"
         "<!-- /model-coverage -->"
     )
