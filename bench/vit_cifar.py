@@ -95,10 +95,10 @@ def main() -> None:
     data = load_cifar10_jpg(data_root())
     # the archive is sorted by class: subsets are random draws (fixed seed), not the first n
     rng = np.random.default_rng(0)
-    train = rng.permutation(len(data.train_y))[: args.train]
-    test = rng.permutation(len(data.test_y))[: args.test]
-    data.train_x, data.train_y = data.train_x[train], data.train_y[train]
-    data.test_x, data.test_y = data.test_x[test], data.test_y[test]
+    train_idx = rng.permutation(len(data.train_y))[: args.train]
+    test_idx = rng.permutation(len(data.test_y))[: args.test]
+    data.train_x, data.train_y = data.train_x[train_idx], data.train_y[train_idx]
+    data.test_x, data.test_y = data.test_x[test_idx], data.test_y[test_idx]
     model = build()
     train(model, data, args.epochs, 1e-3, seed=0)
     dense_acc = accuracy(model, data)
