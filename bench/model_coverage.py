@@ -12,6 +12,7 @@ step), writing bench/results/timm_coverage.md and the `timm-coverage` block.
     python bench/model_coverage.py                 # everything, about 5 minutes at 1 thread
     python bench/model_coverage.py --task detection
     python bench/model_coverage.py --timm          # needs timm: pip install 'prunelab[timm]'
+    python bench/model_coverage.py --models 'vit_|swin|maxvit'   # rerun these, keep the rest
 """
 
 from __future__ import annotations
@@ -68,10 +69,12 @@ def _row(task: str, name: str, build, batch: int, size: int, roundtrip: bool = F
     return row
 
 
-def run(task: str | None) -> list[dict]:
+def run(task: str | None, models: str | None = None) -> list[dict]:
+    """The torchvision cases of `task` (all by default) whose names match `models`."""
     return [
         _row(c.task, c.name, lambda c=c: build_case(c), c.batch, c.image_size)
         for c in torchvision_cases(task)
+        if not models or re.search(models, c.name)
     ]
 
 
@@ -85,6 +88,31 @@ def run_timm() -> list[dict]:
         )
         for c in timm_models.CASES
     ]  # fmt: skip
+
+
+_COLUMNS = ("task", "name", "input", "verdict", "groups", "flops", "error", "seconds", "why")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of an earlier run's table (to rerun a few models and keep the rest)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) != len(_COLUMNS) or cells[0] not in TASKS:
+            continue
+        row = dict(zip(_COLUMNS, cells, strict=True))
+        row["seconds"] = float(row["seconds"])
+        row["why"] = row["why"].replace("\\|", "|")
+        rows.append(row)
+    return rows
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """`old` with the rows of the models in `new` replaced, in torchvision's order."""
+    by_name = {(r["task"], r["name"]): r for r in old}
+    by_name.update({(r["task"], r["name"]): r for r in new})
+    order = {(c.task, c.name): i for i, c in enumerate(torchvision_cases())}
+    return sorted(by_name.values(), key=lambda r: order.get((r["task"], r["name"]), len(order)))
 
 
 def _counts(rows: list[dict]) -> dict[str, tuple[int, int]]:
@@ -113,8 +141,9 @@ _HEAD = (
     "Each model is built with `weights=None` (`weights_backbone=None`), traced, and pruned",
     "to a random half of every prunable group; *pass* means the masked model's outputs",
     "equal the pruned model's (relative error < 1e-4) and the planned FLOPs and params",
-    "equal those counted on the pruned model. *groups*: prunable of all channel groups;",
-    "*flops*: pruned / dense FLOPs at that plan.",
+    "equal those counted on the pruned model (layer norms and zero-initialised linear",
+    "layers get random values first, or a zero classifier hides every difference).",
+    "*groups*: prunable of all channel groups; *flops*: pruned / dense FLOPs at that plan.",
 )
 _HEAD_TIMM = (
     "Each model is built with `prunelab.create(\"timm/NAME\", num_classes=10)`",
@@ -158,9 +187,10 @@ MARK = re.compile(r"(<!-- model-coverage -->\n)(.*?)(<!-- /model-coverage -->)",
 
 def update_readme(rows: list[dict], page: Path) -> None:
     """Rewrite this run's line of the README's model-coverage block, keeping the others."""
-    refused = ", ".join(r["name"] for r in rows if r["verdict"] != "pass") or "none"
+    refused = ", ".join(r["name"] for r in rows if r["verdict"] != "pass")
+    refusals = f"; refused, each with one error naming the op: {refused}" if refused else ""
     line = (
-        f"{summary_line(rows)}; refused, each with one error naming the op: {refused} "
+        f"{summary_line(rows)}{refusals} "
         f"([per-model list and reasons](bench/results/{page.name})).\n"
     )
     text = README.read_text()
@@ -178,10 +208,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=TASKS, default=None)
     ap.add_argument("--timm", action="store_true", help="check the timm models instead")
+    ap.add_argument(
+        "--models", default=None, help="regex of model names to rerun; the table keeps the others"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
-    rows = run_timm() if args.timm else run(args.task)
+    rows = run_timm() if args.timm else run(args.task, args.models)
     page = OUT_TIMM if args.timm else OUT
+    if args.models and not args.timm:
+        rows = merged(read_rows(OUT), rows)
     atomic_write_text(page, write_markdown(rows))
     if args.timm or args.task is None:
         update_readme(rows, page)

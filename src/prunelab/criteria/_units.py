@@ -26,5 +26,9 @@ def to_units(group: Group, member: Member, per_position: torch.Tensor) -> torch.
 
 
 def producer_filters(group: Group) -> list[Member]:
-    """The members that produce the group's channels: conv/linear weight rows."""
-    return group.members_of("out", "weight")
+    """The members that produce the group's channels: conv/linear weight rows.
+
+    Attention heads are produced by the rows of its projection weights
+    (`in_proj_weight`, or `q_proj_weight`, `k_proj_weight`, `v_proj_weight`).
+    """
+    return [m for m in group.members if m.role == "out" and m.param.endswith("weight")]

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from prunelab.errors import UnsupportedModelError
 from prunelab.graph.equivalence import Equivalence
-from prunelab.graph.groups import Group, LayerInfo, Member, Role
+from prunelab.graph.groups import Group, LayerInfo, Member, ProductCost, Role
 from prunelab.graph.op_rules import OpRules
 from prunelab.graph.values import _op_name, _Record, _shape, _Value, _where
 
@@ -34,6 +34,7 @@ class ChannelAnalysis(OpRules):
         self.pinned: dict[int, str] = {}  # variable -> why it may not be pruned
         self.source_vars: list[np.ndarray] = []  # one array per fresh producer space
         self.layers: dict[str, LayerInfo] = {}
+        self.products: list[ProductCost] = []  # MACs outside conv/linear modules (attention)
         # layers whose FLOPs count: those inference runs (not training-only aux heads)
         self.inference_modules = inference_modules
 

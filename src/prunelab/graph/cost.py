@@ -1,7 +1,8 @@
 """The cost of a plan, computed from the traced shapes without building the model.
 
 Costs are multiply-accumulates of conv and linear layers (MACs, which the
-pruning papers call FLOPs) per image, and parameter counts. Planners call this
+pruning papers call FLOPs) per image, plus those of attention (its projections
+and its two matmuls, `ChannelGraph.products`), and parameter counts. Planners call this
 hundreds of times while searching, so it counts removed positions per member
 instead of performing surgery; `prunelab.metrics.count` on the pruned model
 gives the same numbers.
@@ -55,6 +56,12 @@ class CostModel:
         self._out = np.array([slot[(ly.module, "weight", 0)] for ly in layers], dtype=np.int64)
         self._in = np.array([slot[(ly.module, "weight", 1)] for ly in layers], dtype=np.int64)
         self._factor = np.array([ly.out_spatial * ly.kernel for ly in layers], dtype=np.int64)
+        # products: factor * prod(sizes of up to `rank` slots), padded with slot 0 (size 1)
+        prod_slots = np.zeros((len(graph.products), 3), dtype=np.int64)
+        for i, p in enumerate(graph.products):
+            prod_slots[i, : len(p.dims)] = [slot[d] for d in p.dims]
+        self._prod_slots = prod_slots
+        self._prod_factor = np.array([p.factor for p in graph.products], dtype=np.int64)
         self._members: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _group(self, gi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +94,7 @@ class CostModel:
     def cost(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> PlanCost:
         sizes = self.sizes(keep)
         flops = int((self._factor * sizes[self._out] * sizes[self._in]).sum())
+        flops += int((self._prod_factor * sizes[self._prod_slots].prod(axis=1)).sum())
         params = int(sizes[self._param_slots].prod(axis=1)[self._counted].sum())
         return PlanCost(flops=flops, params=params)
 

@@ -123,6 +123,20 @@ class LayerInfo:
         return k
 
 
+@dataclass(frozen=True)
+class ProductCost:
+    """MACs computed outside conv and linear modules (attention's projections and matmuls).
+
+    `factor` times the product of the sizes of `dims`, each a (module, tensor, dim)
+    slice: attention over L queries and S keys costs 2 * L * S * (heads * head_dim),
+    so it shrinks with the heads a plan keeps.
+    """
+
+    name: str
+    factor: int
+    dims: tuple[tuple[str, str, int], ...]
+
+
 @dataclass
 class ChannelGraph:
     """The result of tracing a model: its channel groups and what costs need.
@@ -137,6 +151,7 @@ class ChannelGraph:
     input_shape: tuple[int, ...]
     module_types: dict[str, type] = field(default_factory=dict)
     buffer_keys: frozenset[tuple[str, str]] = frozenset()
+    products: list[ProductCost] = field(default_factory=list)
     # prunelab.graph.cost.CostModel, made on first use (kept here so searches share it)
     cost_model: Any = field(default=None, repr=False, compare=False)
 

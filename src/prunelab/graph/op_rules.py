@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prunelab.errors import UnsupportedModelError
+from prunelab.graph.attention_rules import OUTPUTS, AttentionRules
 from prunelab.graph.groups import LayerInfo
 from prunelab.graph.op_tables import (
     _BINARY_FUNCTIONS,
@@ -39,7 +40,11 @@ from prunelab.graph.op_tables import (
     _SPLIT_SAFE_FUNCTIONS,
     _SPLIT_SAFE_METHODS,
     _VIEW_METHODS,
+    MAXVIT_ATTENTION,
+    MULTIHEAD_ATTENTION,
+    SWIN_ATTENTION,
     FrozenBatchNorm2d,
+    patch_merging_pad,
 )
 from prunelab.graph.split_rules import SplitRules, _literal
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
@@ -49,6 +54,7 @@ _TRUSTED_PACKAGES = ("torch.", "torchvision.")
 _FUNCTIONAL_LAYERS: dict[object, type] = {
     F.linear: nn.Linear, F.conv1d: nn.Conv1d, F.conv2d: nn.Conv2d, F.conv3d: nn.Conv3d,
 }
+MODEL_INPUT = "model input"
 
 
 def _overridden_base(mod: nn.Module) -> type | None:
@@ -73,7 +79,16 @@ def _whole(s: slice, n: int) -> bool:
     return s.start in (None, 0) and s.step in (None, 1) and stop_ok
 
 
-class OpRules(SplitRules):
+def _regrouped_axis(shape: Sequence[int], a: int, out: Sequence[int]) -> int | None:
+    """The axis of `out` holding axis `a` of `shape` intact, if a view only regroups the rest."""
+    before, after = math.prod(shape[:a]), math.prod(shape[a + 1 :])
+    for b, n in enumerate(out):
+        if n == shape[a] and math.prod(out[:b]) == before and math.prod(out[b + 1 :]) == after:
+            return b
+    return None
+
+
+class OpRules(SplitRules, AttentionRules):
     """Channel rules of torch ops; mixed into ChannelAnalysis."""
 
     def run(self) -> None:
@@ -96,8 +111,23 @@ class OpRules(SplitRules):
         shape = _shape(node)
         if shape is not None and len(shape) >= 2:
             ids = self.fresh(shape[1])
-            self.pin(ids, "model input")
+            self.pin(ids, MODEL_INPUT)
             self.values[node] = _Value(ids, 1, shape)
+
+    def channels_last(self, x: _Value) -> _Value:
+        """`x` read with its channels on the last axis, if it is the model input itself.
+
+        The input's channel axis is a guess (dim 1, as images have it); a layer that
+        reads channels last (a linear layer or attention fed token tensors (B, N, C))
+        tells the truth. The input's channels are fixed, so re-reading them is safe.
+        """
+        if x.axis == x.ndim - 1 or x.split is not None:
+            return x
+        if len(x.ids) and all(self.pinned.get(int(i)) == MODEL_INPUT for i in x.ids):
+            ids = self.fresh(x.shape[-1])
+            self.pin(ids, MODEL_INPUT)
+            return _Value(ids, x.ndim - 1, x.shape)
+        return x
 
     def visit_get_attr(self, node: fx.Node) -> None:
         path = str(node.target)
@@ -114,6 +144,15 @@ class OpRules(SplitRules):
         mod = self.root.get_submodule(name)
         inputs = self.tracked_inputs(node)
         x = inputs[0] if inputs else None
+        if type(mod) in MULTIHEAD_ATTENTION:
+            self.visit_multihead_attention(node, name, mod)
+            return
+        if type(mod) in SWIN_ATTENTION:
+            self.visit_window_attention(node, name, mod)
+            return
+        if type(mod) in MAXVIT_ATTENTION:
+            self.visit_maxvit_attention(node, name, mod)
+            return
         base = _overridden_base(mod)
         if base is not None:
             raise UnsupportedModelError(
@@ -223,6 +262,7 @@ class OpRules(SplitRules):
         out_shape = _shape(node)
         assert out_shape is not None
         if x is not None:
+            x = self.channels_last(x)
             if x.axis != x.ndim - 1:
                 raise self.unsupported(node, "linear layer applied across a non-channel axis")
             self.record(name, "weight", 1, x.ids, "in")
@@ -300,9 +340,17 @@ class OpRules(SplitRules):
             self.passthrough(node, x)
 
     def add_layer(
-        self, name: str, kind: str, wshape: torch.Size, out_shape: Sequence[int], channel_axis: int
+        self,
+        name: str,
+        kind: str,
+        wshape: torch.Size,
+        out_shape: Sequence[int],
+        channel_axis: int,
+        called_in: str | None = None,
     ) -> None:
-        if self.inference_modules is not None and name not in self.inference_modules:
+        """Note a conv/linear layer's cost; `called_in` names the leaf that calls it, if any."""
+        caller = called_in or name
+        if self.inference_modules is not None and caller not in self.inference_modules:
             return  # a training-only branch: it costs nothing at inference
         spatial = math.prod(s for i, s in enumerate(out_shape) if i not in (0, channel_axis))
         prev = self.layers.get(name)
@@ -328,7 +376,7 @@ class OpRules(SplitRules):
             self.reduce(node, self.require(node, inputs))
         elif t in (torch.reshape,):
             self.view(node, self.require(node, inputs), node.args[1:])
-        elif t in (torch.permute, torch.transpose):
+        elif t in (torch.permute, torch.transpose, torch.swapaxes, torch.swapdims):
             self.permute(node, self.require(node, inputs))
         elif t in (F.softmax, F.log_softmax, torch.softmax, torch.log_softmax):
             self.softmax(node, self.require(node, inputs))
@@ -338,6 +386,8 @@ class OpRules(SplitRules):
             self.functional_batchnorm(node)
         elif t in _FUNCTIONAL_LAYERS:
             self.functional_layer(node)
+        elif t is patch_merging_pad:
+            self.patch_merging(node, self.require(node, inputs))
         elif t in _SPLIT_FUNCTIONS:
             self.split(node, self.require(node, inputs))
         elif t is operator.getitem:
@@ -373,6 +423,10 @@ class OpRules(SplitRules):
         if name in _SHAPE_METHODS:
             return
         x = self.tracked(node.args[0]) if node.args else None
+        ref = self.values.get(node.args[0]) if node.args else None
+        if isinstance(ref, _ParamRef) and name == "expand" and self.keeps_rank(node, ref):
+            self.values[node] = ref  # a class token broadcast over the batch: still the parameter
+            return
         if any(v.split for v in inputs) and name not in _SPLIT_SAFE_METHODS | _SPLIT_AWARE_METHODS:
             raise self.unsupported(node, "its input's channels are split across two axes")
         if name in _BINARY_METHODS:
@@ -391,7 +445,7 @@ class OpRules(SplitRules):
             self.view(node, x, node.args[1:])
         elif name in _REDUCE_METHODS:
             self.reduce(node, x)
-        elif name in ("permute", "transpose"):
+        elif name in ("permute", "transpose", "swapaxes", "swapdims"):
             self.permute(node, x)
         elif name in ("softmax", "log_softmax"):
             self.softmax(node, x)
@@ -406,6 +460,12 @@ class OpRules(SplitRules):
             self.values[node] = _Value(x.ids, x.axis + len(out) - x.ndim, out)
         else:
             raise self.unsupported(node, "no rule for how this method maps channels")
+
+    @staticmethod
+    def keeps_rank(node: fx.Node, ref: _ParamRef) -> bool:
+        """An expand that only broadcasts size-1 axes (so the parameter's axes stay put)."""
+        out = _shape(node)
+        return out is not None and len(out) == len(ref.shape)
 
     def require(self, node: fx.Node, inputs: list[_Value]) -> _Value:
         if not inputs:
@@ -483,18 +543,35 @@ class OpRules(SplitRules):
         parts = []
         for t in tensors:  # type: ignore[union-attr]
             v = self.tracked(t)
-            if v is None:
+            ref = self.values.get(t) if isinstance(t, fx.Node) else None
+            if v is None and not isinstance(ref, _ParamRef):
                 raise self.unsupported(node, "concatenates an untracked tensor")
-            parts.append(v)
-        axis = parts[0].axis
-        if any(p.axis != axis for p in parts):
-            raise self.unsupported(node, "operands disagree on which axis holds channels")
+            parts.append(v if v is not None else ref)
+        axes = {p.axis + len(out) - p.ndim for p in parts if isinstance(p, _Value)}
+        if len(axes) != 1:
+            why = "no operand has channels" if not axes else "operands disagree"
+            raise self.unsupported(node, f"{why} on which axis holds channels")
+        axis = axes.pop()
+        parts = [p if isinstance(p, _Value) else self.param_part(node, p, axis, dim) for p in parts]
         if dim == axis:
             self.values[node] = _Value(np.concatenate([p.ids for p in parts]), axis, out)
         else:
             for p in parts[1:]:
                 self.tie(parts[0].ids, p.ids)
             self.values[node] = _Value(parts[0].ids, axis, out)
+
+    def param_part(self, node: fx.Node, ref: _ParamRef, axis: int, dim: int) -> _Value:
+        """A parameter concatenated to tracked tensors (ViT's class token before the patches)."""
+        out = _shape(node)
+        assert out is not None
+        pdim = axis - (len(out) - len(ref.shape))
+        if pdim < 0 or dim == axis:
+            ids = self.fresh(out[axis] if pdim < 0 else ref.shape[pdim])
+            self.pin(ids, f"parameter {ref.module}.{ref.name} concatenated at {_where(node)}")
+            return _Value(ids, axis, ref.shape)
+        ids = self.fresh(ref.shape[pdim], source=False)
+        self.record(ref.module, ref.name, pdim, ids, "param")
+        return _Value(ids, axis, ref.shape)
 
     def flatten(self, node: fx.Node, x: _Value, start: object, end: object) -> None:
         out = _shape(node)
@@ -540,6 +617,13 @@ class OpRules(SplitRules):
             else:
                 inner = math.prod(x.shape[a + 1 :])
                 self.values[node] = _Value(np.repeat(x.ids, inner), a, out)
+        elif (b := _regrouped_axis(x.shape, a, out)) is not None:
+            # the axes before and after the channels regroup among themselves (a window
+            # partition of (B, H, W, C) tokens): the channels move to axis b intact
+            if _literal(shape_args, b):
+                self.opaque(node, "view with a hard-coded channel count")
+            else:
+                self.values[node] = _Value(x.ids, b, out)
         else:
             raise self.unsupported(
                 node, f"reshape {x.shape} -> {out} changes the channel axis (a channel shuffle?)"
@@ -603,6 +687,13 @@ class OpRules(SplitRules):
         else:
             self.passthrough(node, x)
 
+    def patch_merging(self, node: fx.Node, x: _Value) -> None:
+        """Swin's patch merging: the four 2x2 neighbours side by side along the channels."""
+        out = _shape(node)
+        if out is None or x.axis != x.ndim - 1 or out[-1] != 4 * len(x.ids):
+            raise self.unsupported(node, "patch merging of a tensor without channels last")
+        self.values[node] = _Value(np.tile(x.ids, 4), x.axis, out)
+
     def pad(self, node: fx.Node, x: _Value) -> None:
         pads = self.arg(node, 1, "pad", ())
         padded_dims = len(pads) // 2  # type: ignore[arg-type]
@@ -635,7 +726,9 @@ class OpRules(SplitRules):
         v = self.tracked(src)
         if v is None:
             marker = self.values.get(src) if isinstance(src, fx.Node) else None
-            if isinstance(marker, tuple) and marker[0] == "split":
+            if isinstance(marker, tuple) and marker[0] == OUTPUTS:
+                self.outputs_item(node, marker, idx)
+            elif isinstance(marker, tuple) and marker[0] == "split":
                 self.passthrough(node, marker[1])
             elif isinstance(marker, tuple) and marker[0] == "chunk-channels":
                 x = marker[1]

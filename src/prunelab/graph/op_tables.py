@@ -10,9 +10,21 @@ import operator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import (
+    ShiftedWindowAttention,
+    ShiftedWindowAttentionV2,
+    _patch_merging_pad,
+)
 from torchvision.ops.misc import FrozenBatchNorm2d  # a batch norm whose values are buffers
 
 from prunelab.layers import point_ops
+from prunelab.layers.attention import HeadPrunedMultiheadAttention
+from prunelab.layers.window_attention import (
+    HeadPrunedMaxVitAttention,
+    HeadPrunedWindowAttention,
+    HeadPrunedWindowAttentionV2,
+)
 
 # fmt: off
 
@@ -80,8 +92,21 @@ _CHANNEL_MIXING_NORMS: tuple[type, ...] = (nn.GroupNorm, nn.LocalResponseNorm)
 _INDEX_FUNCTIONS: set = {point_ops.farthest_point_sample, point_ops.ball_query}
 _GATHER_FUNCTIONS: set = {point_ops.gather_points, point_ops.group_points}
 
+# Attention the tracer prunes by whole heads (exact classes: a subclass may compute otherwise).
+MULTIHEAD_ATTENTION: tuple[type, ...] = (nn.MultiheadAttention, HeadPrunedMultiheadAttention)
+SWIN_ATTENTION: tuple[type, ...] = (
+    ShiftedWindowAttention, ShiftedWindowAttentionV2,
+    HeadPrunedWindowAttention, HeadPrunedWindowAttentionV2,
+)
+MAXVIT_ATTENTION: tuple[type, ...] = (
+    RelativePositionalMultiHeadAttention, HeadPrunedMaxVitAttention,
+)
+patch_merging_pad = _patch_merging_pad  # Swin's patch merging, fx-wrapped: one call in the graph
+
 # Modules outside torch.nn that the tracer treats as leaves, with a rule of their own.
-_EXTRA_LEAVES: tuple[type, ...] = (FrozenBatchNorm2d,)
+_EXTRA_LEAVES: tuple[type, ...] = (
+    FrozenBatchNorm2d, HeadPrunedMultiheadAttention, *SWIN_ATTENTION, *MAXVIT_ATTENTION,
+)
 # fmt: on
 
 try:  # torchvision's stochastic depth is a pass-through on a channel's values

@@ -60,10 +60,18 @@ def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every batch norm non-trivial statistics and affine values, in place.
 
     Fresh batch norms are identities on zero channels, which would hide a
-    pruned bias or shift that surgery got wrong.
+    pruned bias or shift that surgery got wrong. Layer norms get random affine
+    values too, and a zero-initialised linear layer (a vision transformer's
+    classifier) random weights: a model whose output is zero compares equal to anything.
     """
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
+        if isinstance(m, nn.LayerNorm) and m.weight is not None:
+            m.weight.copy_(torch.rand(m.weight.shape, generator=gen) + 0.5)
+            if m.bias is not None:
+                m.bias.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+        if isinstance(m, nn.Linear) and not m.weight.any():
+            m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * m.in_features**-0.5)
         if isinstance(m, (nn.modules.batchnorm._NormBase, FrozenBatchNorm2d)):
             if getattr(m, "running_mean", None) is None:
                 continue

@@ -6,8 +6,24 @@ import copy
 
 import torch
 import torch.nn as nn
+from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from prunelab.graph.plan import Plan
+from prunelab.layers.attention import HeadPrunedMultiheadAttention
+from prunelab.layers.window_attention import (
+    HeadPrunedMaxVitAttention,
+    HeadPrunedWindowAttention,
+    HeadPrunedWindowAttentionV2,
+)
+
+# dense attention class -> the same layer with heads pruned (a forward for a narrower inside)
+_HEAD_PRUNED: dict[type, type] = {
+    nn.MultiheadAttention: HeadPrunedMultiheadAttention,
+    ShiftedWindowAttention: HeadPrunedWindowAttention,
+    ShiftedWindowAttentionV2: HeadPrunedWindowAttentionV2,
+    RelativePositionalMultiHeadAttention: HeadPrunedMaxVitAttention,
+}
 
 
 def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
@@ -45,6 +61,8 @@ def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
 def _layer_attrs(m: nn.Module) -> dict[str, int]:
     if isinstance(m, nn.modules.conv._ConvNd):
         return {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+    if isinstance(m, ShiftedWindowAttention):  # the head width, which pruning keeps
+        return {"head_dim": m.qkv.weight.shape[0] // 3 // m.num_heads}
     return {}
 
 
@@ -69,6 +87,27 @@ def _update_attrs(m: nn.Module, before: dict[str, int]) -> None:
         m.num_features = ref.shape[0]
     elif isinstance(m, nn.PReLU):
         m.num_parameters = m.weight.shape[0]
+    elif isinstance(m, nn.MultiheadAttention):
+        q_rows = (
+            m.in_proj_weight.shape[0] // 3 if m._qkv_same_embed_dim else m.q_proj_weight.shape[0]
+        )
+        m.num_heads = q_rows // m.head_dim
+        _to_head_pruned(m, q_rows != m.embed_dim)
+    elif isinstance(m, ShiftedWindowAttention):
+        m.num_heads = m.qkv.weight.shape[0] // 3 // before["head_dim"]
+        _to_head_pruned(m, m.qkv.weight.shape[0] != 3 * m.qkv.weight.shape[1])
+    elif isinstance(m, RelativePositionalMultiHeadAttention):
+        m.n_heads = m.to_qkv.weight.shape[0] // 3 // m.head_dim
+        _to_head_pruned(m, m.to_qkv.weight.shape[0] != 3 * m.to_qkv.weight.shape[1])
+
+
+def _to_head_pruned(m: nn.Module, narrower: bool) -> None:
+    """Heads were removed (head width kept): the dense forward cannot run a narrower inside.
+
+    The class switch keeps every tensor (and the state dict's keys) as they are.
+    """
+    if narrower and type(m) in _HEAD_PRUNED:
+        m.__class__ = _HEAD_PRUNED[type(m)]
 
 
 def resize_to(model: nn.Module, shapes: dict[str, torch.Size]) -> nn.Module:

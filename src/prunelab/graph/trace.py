@@ -186,6 +186,7 @@ def trace(
         input_shape=tuple(inputs[0].shape),
         module_types={n: type(m) for n, m in modules.items()},
         buffer_keys=buffer_keys,
+        products=analysis.products,
     )
 
 

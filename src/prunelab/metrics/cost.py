@@ -8,10 +8,11 @@ they are a small share and every paper leaves them out.
 
 Counting uses forward hooks on modules (``nn.Conv1d/2d/3d``, transposed
 convolutions, ``nn.Linear`` and subclasses) during one eval-mode, no-grad
-forward pass. Functional calls made outside modules (``F.conv2d``,
-``F.linear``, matrix products, e.g. the attention inside
-``nn.MultiheadAttention``) are not seen, so transformer costs are
-underestimated; for the CNNs prunelab prunes every MAC lives in a module.
+forward pass. Attention layers compute with their weights functionally, so
+they are counted as a whole (`prunelab.metrics.attention_cost`): their
+projections and their two matmuls (queries x keys, weights x values). Other
+functional calls made outside modules (``F.conv2d``, ``F.linear``, a bare
+``torch.matmul``) are not seen.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
+
+from prunelab.metrics.attention_cost import ATTENTION_COUNTERS, attention_macs
 
 __all__ = ["Cost", "CostRatio", "count", "format_count"]
 
@@ -111,18 +114,28 @@ def count(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
     names = {module: name for name, module in model.named_modules(remove_duplicate=False)}
     totals: dict[str, int] = {}
 
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if isinstance(module, _ConvNd):
-            macs = _conv_macs(module, inputs, output)
-        else:
-            macs = _linear_macs(module, inputs, output)
+    def add(module: nn.Module, macs: int) -> None:
         name = names.get(module, type(module).__name__)
         totals[name] = totals.get(name, 0) + macs
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, _ConvNd):
+            add(module, _conv_macs(module, inputs, output))
+        else:
+            add(module, _linear_macs(module, inputs, output))
+
+    def attention_hook(module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
+        add(module, attention_macs(module, args, kwargs))
 
     handles = [
         module.register_forward_hook(hook)
         for module in model.modules()
         if isinstance(module, _ConvNd | nn.Linear)
+    ]
+    handles += [
+        module.register_forward_hook(attention_hook, with_kwargs=True)
+        for module in model.modules()
+        if type(module) in ATTENTION_COUNTERS
     ]
     modes = [(module, module.training) for module in model.modules()]
     try:
