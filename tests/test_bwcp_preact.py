@@ -15,6 +15,7 @@ from prunelab.methods.bwcp import BWCPOptions, prepare
 from prunelab.methods.bwcp_export import fold_and_prune, split_norms
 from prunelab.models.wide_resnet import WideResNet
 from prunelab.train import TrainConfig
+from tests.test_method_bwcp import varied_bwcp
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -52,19 +53,7 @@ BUILDERS = {"densenet": tiny_densenet, "preact_resnet": lambda: WideResNet(10, 1
 def _gated(build, seed: int = 0, **opts: object) -> tuple[nn.Module, object]:
     """A converted model with varied γ, β (about a third of the channels off) and statistics."""
     torch.manual_seed(seed)
-    model = build()
-    gates = prepare(model, X, BWCPOptions(group_size=4, **opts))  # type: ignore[arg-type]
-    with torch.no_grad():
-        for layer in gates.layers:
-            layer.module.weight.uniform_(0.3, 1.5)
-            layer.module.bias.normal_(0.2, 0.6)
-    gates.enabled = False
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 3, 16, 16))
-    gates.enabled = True
-    return model.eval(), gates
+    return varied_bwcp(build(), X, group_size=4, **opts)
 
 
 def _export(model: nn.Module, gates) -> nn.Module:

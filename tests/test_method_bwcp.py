@@ -38,8 +38,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _bwcp_model(name: str = "resnet20", seed: int = 0, **opts: object) -> tuple:
     """A converted model with varied γ, β and trained running statistics."""
     torch.manual_seed(seed)
-    model = prunelab.create(name)
-    gates = prepare(model, X, BWCPOptions(**opts))  # type: ignore[arg-type]
+    return varied_bwcp(prunelab.create(name), X, **opts)
+
+
+def varied_bwcp(model: nn.Module, x: torch.Tensor, **opts: object) -> tuple:
+    """`model` converted to BWCP, its γ, β varied and running statistics from 3 batches."""
+    gates = prepare(model, x, BWCPOptions(**opts))  # type: ignore[arg-type]
     with torch.no_grad():
         for layer in gates.layers:
             layer.module.weight.uniform_(0.3, 1.5)
@@ -48,7 +52,7 @@ def _bwcp_model(name: str = "resnet20", seed: int = 0, **opts: object) -> tuple:
     model.train()
     with torch.no_grad():
         for _ in range(3):
-            model(torch.randn(16, 3, 32, 32))
+            model(torch.randn(16, *x.shape[1:]))
     gates.enabled = True
     return model.eval(), gates
 
