@@ -49,7 +49,7 @@ DEMO: dict[str, Any] = {
     "name": "demo",
     "model": "resnet20",
     "checkpoint": "builtin:resnet20_cifar10_jpg",
-    "data": {"name": "cifar10_jpg", "batch_size": 128, "holdout": 5000, "cutout": 8},
+    "data": {"name": "cifar10_jpg", "batch_size": 128, "holdout": 2000},
     "method": {"name": "uniform", "criterion": "l1", "round_to": 8},
     "target": 0.5,
     "metric": "flops",
