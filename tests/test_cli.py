@@ -71,6 +71,26 @@ def test_train_then_prune_then_eval_then_report(tmp_path: Path, capsys) -> None:
     assert (report_dir / "report.md").is_file() and (report_dir / "accuracy_vs_flops.png").is_file()
 
 
+def test_prune_reuses_the_last_epochs_evaluation(tmp_path: Path, monkeypatch) -> None:
+    """The fine-tune's last epoch evaluated the pruned model: prune does not evaluate it again,
+    and the figure it reports is what evaluating the saved model gives."""
+    import prunelab.cli.prune_cmd as prune_cmd
+    from prunelab.cli.setup import make_data
+    from prunelab.methods.finetune import headline
+
+    calls = []
+    monkeypatch.setattr(prune_cmd, "headline", lambda m, d: calls.append(1) or headline(m, d))
+    run = tmp_path / "prune"
+    args = ["prune", "model=resnet20", "checkpoint=null", "method=uniform", "target=0.5", *SYNTH,
+            "--quiet"]
+    assert main([*args, "--run-dir", str(run)]) == 0
+    assert calls == []  # no checkpoint: no dense evaluation; the pruned one came from training
+    summary = json.loads((run / "summary.json").read_text())
+    data = make_data(build_config({}, [str(run / "config.yaml")], []))
+    assert summary["rows"][1]["top1"] == headline(io.load(run / "model.pt").eval(), data)[1]
+    assert summary["rows"][1]["top1"] == summary["info"]["finetune"]["top1"]
+
+
 def test_train_resume_continues_the_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert main(["train", "model=resnet20", *SYNTH, "--quiet", "--run-dir", str(run)]) == 0

@@ -26,7 +26,7 @@ import torch
 from matplotlib.path import Path as MplPath
 from PIL import Image
 
-from prunelab.data.loader import GeneratorState, ShardedBatches
+from prunelab.data.loader import GeneratorState, ShardedBatches, check_loader_args
 from prunelab.errors import ConfigError, CorruptFileError
 
 PAD_VALUE = 114
@@ -139,10 +139,7 @@ class DetectionLoader(GeneratorState, ShardedBatches):
         if images.dim() != 4 or images.dtype != torch.uint8 or images.shape[2] != images.shape[3]:
             raise ConfigError(f"images must be (N, 3, S, S) uint8, got {images.dtype} "
                               f"{tuple(images.shape)}")
-        if len(objects) != images.shape[0]:
-            raise ConfigError(f"{images.shape[0]} images but {len(objects)} annotations")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        check_loader_args(images.shape[0], len(objects), batch_size, "images", "annotations")
         self.images = images
         self.objects = objects
         self.size = int(images.shape[2])
@@ -160,18 +157,11 @@ class DetectionLoader(GeneratorState, ShardedBatches):
         return self.images.shape[0] if self.indices is None else self.indices.numel()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[dict[str, torch.Tensor]]]]:
-        n = self.num_samples
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        flips = torch.rand(n, generator=self.generator) < 0.5 if self.augment else None
-        self.epoch += 1
-        pos = self._my_positions()
-        order = order[pos]
-        if flips is not None:
-            flips = flips[pos]
-        if self.indices is not None:
-            order = self.indices[order]
+        draw = (lambda n: {"flip": torch.rand(n, generator=self.generator) < 0.5}
+                ) if self.augment else None
+        order, draws, stop = self._epoch_order(draw)
+        flips = draws.get("flip")
         bs = self.batch_size
-        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
         for start in range(0, stop, bs):
             idx = order[start:start + bs]
             x = self.images.index_select(0, idx.to(self.images.device)).float().div_(255.0)

@@ -9,7 +9,7 @@ is therefore all a checkpoint needs to continue exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -58,10 +58,11 @@ def shard_positions(n: int, rank: int, world: int, even: bool, drop_last: bool) 
     return pos[rank::world]
 
 
-def check_loader_args(n: int, n_labels: int, batch_size: int, what: str) -> None:
+def check_loader_args(n: int, n_labels: int, batch_size: int, what: str,
+                      labels: str = "labels") -> None:
     """The checks every in-memory loader makes of its samples, labels and batch size."""
     if n_labels != n:
-        raise ConfigError(f"{n} {what} but {n_labels} labels")
+        raise ConfigError(f"{n} {what} but {n_labels} {labels}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
 
@@ -89,16 +90,43 @@ class GeneratorState:
 
 
 class ShardedBatches:
-    """Epoch length under sharding, shared by the in-memory loaders.
+    """Epoch order and length under sharding, shared by the in-memory loaders.
 
-    Subclasses provide `num_samples`, `batch_size`, `shuffle`, `drop_last`, `shard`.
+    Subclasses provide `num_samples`, `batch_size`, `shuffle`, `drop_last`, `shard`,
+    `indices` (a subset, or None), `epoch` and `generator`.
     """
 
     num_samples: int
     batch_size: int
     shuffle: bool
     drop_last: bool
+    indices: torch.Tensor | None
+    epoch: int
+    generator: torch.Generator
     shard: bool = True
+
+    def _epoch_order(self, draw: Callable[[int], dict[str, torch.Tensor]] | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """This rank's sample order for the next epoch, its per-sample draws, and the stop.
+
+        The order and then `draw(n)` (augmentation parameters, one row per sample)
+        are taken from the generator for the whole split before sharding, so all
+        ranks consume the same random stream and a saved generator state replays
+        the epoch. Returns (sample indices, draws aligned with them, end of the
+        last batch).
+        """
+        n = self.num_samples
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        draws = draw(n) if draw is not None else {}
+        self.epoch += 1
+        pos = self._my_positions()
+        order = order[pos]
+        draws = {k: v[pos] for k, v in draws.items()}
+        if self.indices is not None:
+            order = self.indices[order]
+        bs = self.batch_size
+        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
+        return order, draws, stop
 
     def _rank_world(self) -> tuple[int, int]:
         return dist_rank_world() if self.shard else (0, 1)
@@ -179,41 +207,33 @@ class TensorLoader(GeneratorState, ShardedBatches):
         return self.images.device
 
     # -------------------------------------------------------------- iteration
+    def _draw_augment(self, n: int) -> dict[str, torch.Tensor]:
+        if not self.augment:
+            return {}
+        oy, ox, fl = draw_crop_flip(n, self.pad, self.flip, self.generator)
+        draws = {"oy": oy, "ox": ox, "fl": fl}
+        if self.cutout > 0:  # drawn only when on, so runs without cutout keep their stream
+            draws["cy"], draws["cx"] = draw_cutout(n, self.images.shape[2],
+                                                   self.images.shape[3], self.generator)
+        return draws
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.num_samples
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.augment:
-            oy, ox, fl = draw_crop_flip(n, self.pad, self.flip, self.generator)
-        erase = self.augment and self.cutout > 0
-        if erase:  # drawn only when on, so runs without cutout keep their random stream
-            cy, cx = draw_cutout(n, self.images.shape[2], self.images.shape[3], self.generator)
-        self.epoch += 1
-        pos = self._my_positions()
-        order = order[pos]
-        if self.augment:
-            oy, ox, fl = oy[pos], ox[pos], fl[pos]
-        if erase:
-            cy, cx = cy[pos], cx[pos]
-        if self.indices is not None:
-            order = self.indices[order]
+        order, draws, stop = self._epoch_order(self._draw_augment)
         bs = self.batch_size
-        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
         dev = self.images.device
         order_dev = order.to(dev)
-        if self.augment:  # one host-to-device copy per epoch, not per batch
-            oy, ox, fl = oy.to(dev), ox.to(dev), fl.to(dev)
-        if erase:
-            cy, cx = cy.to(dev), cx.to(dev)
+        # one host-to-device copy per epoch, not per batch
+        d = {k: v.to(dev) for k, v in draws.items()}
         norm = norm_constants(self.mean, self.std, dev)
         for start in range(0, stop, bs):
             idx = order_dev[start:start + bs]
+            sl = slice(start, start + bs)
             x = self.images.index_select(0, idx)
-            if self.augment:
-                sl = slice(start, start + bs)
-                x = crop_flip(x, oy[sl], ox[sl], fl[sl], self.pad)
+            if "oy" in d:
+                x = crop_flip(x, d["oy"][sl], d["ox"][sl], d["fl"][sl], self.pad)
             x = normalize(x, *norm)
-            if erase:
-                x = cutout(x, cy[sl], cx[sl], self.cutout)
+            if "cy" in d:
+                x = cutout(x, d["cy"][sl], d["cx"][sl], self.cutout)
             x = resize(x, self.resolution)
             yield x, self.labels.index_select(0, idx)
 

@@ -99,23 +99,17 @@ class PointCloudLoader(GeneratorState, ShardedBatches):
         return self.points.shape[0] if self.indices is None else self.indices.numel()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, p = self.num_samples, self.points.shape[1]
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        params = draw_point_augment(n, p, self.augment, self.generator) if self.augment else None
-        self.epoch += 1
-        pos = self._my_positions()
-        order = order[pos]
-        if params is not None:
-            params = {k: v[pos].to(self.points.device) for k, v in params.items()}
-        if self.indices is not None:
-            order = self.indices[order]
-        bs = self.batch_size
-        stop = (order.numel() // bs) * bs if self.drop_last else order.numel()
+        p = self.points.shape[1]
+        draw = (lambda n: draw_point_augment(n, p, self.augment, self.generator)
+                ) if self.augment else None
+        order, params, stop = self._epoch_order(draw)
+        params = {k: v.to(self.points.device) for k, v in params.items()}
         order_dev = order.to(self.points.device)
+        bs = self.batch_size
         for start in range(0, stop, bs):
             idx = order_dev[start:start + bs]
             x = self.points.index_select(0, idx)
-            if params is not None:
+            if params:
                 x = apply_point_augment(x, {k: v[start:start + bs] for k, v in params.items()})
             yield x.transpose(1, 2).contiguous(), self.labels.index_select(0, idx)
 

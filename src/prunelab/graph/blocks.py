@@ -182,6 +182,17 @@ def _block_io(
     return seen
 
 
+def named_to_remove(model: nn.Module, names: Iterable[str]) -> list[tuple[str, nn.Module]]:
+    """(name, module) for each distinct name, in order; ConfigError for a name that is absent."""
+    found = []
+    for name in dict.fromkeys(names):
+        try:
+            found.append((name, model.get_submodule(name)))
+        except AttributeError:
+            raise ConfigError(f"no module named {name!r} to remove") from None
+    return found
+
+
 def remove_blocks(model: nn.Module, names: Iterable[str], inplace: bool = False) -> nn.Module:
     """Replace the named residual blocks by `nn.Identity` (a copy unless `inplace`).
 
@@ -189,12 +200,9 @@ def remove_blocks(model: nn.Module, names: Iterable[str], inplace: bool = False)
     removable (its shortcut is not the identity), before anything changes.
     The result saves and loads with `prunelab.save` / `prunelab.load`.
     """
-    names = list(dict.fromkeys(names))
-    for name in names:
-        try:
-            m = model.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"no module named {name!r} to remove") from None
+    found = named_to_remove(model, names)
+    names = [name for name, _ in found]
+    for name, m in found:
         if not name or isinstance(m, nn.Identity):
             raise ConfigError(f"{name!r} is not a block (the whole model, or already removed)")
         _, why = analyze_block(m)

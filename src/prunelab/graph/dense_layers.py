@@ -25,6 +25,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from prunelab.errors import ConfigError
+from prunelab.graph.blocks import named_to_remove
 from prunelab.graph.groups import ChannelGraph, Group
 from prunelab.graph.plan import Plan
 from prunelab.graph.surgery import prune
@@ -108,12 +109,9 @@ def remove_dense_layers(
 
     Raises ConfigError naming the first name that is not a dense layer.
     """
-    names = list(dict.fromkeys(names))
-    for name in names:
-        try:
-            m = model.get_submodule(name)
-        except AttributeError:
-            raise ConfigError(f"no module named {name!r} to remove") from None
+    found = named_to_remove(model, names)
+    names = [name for name, _ in found]
+    for name, m in found:
         if not name or not is_dense_layer(m):
             raise ConfigError(f"{name!r} is not a dense layer (its output is not cat([x, f(x)]))")
     if not names:

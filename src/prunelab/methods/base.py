@@ -69,11 +69,17 @@ class PruneTask:
 
 @dataclass
 class PruneResult:
-    """A method's output: the pruned model, its training curves and method details."""
+    """A method's output: the pruned model, its training curves and method details.
+
+    `test_metrics` are the task's test metrics of exactly `model` when the method
+    has them already (its last training epoch evaluated this very model), so the
+    caller need not evaluate it again (minutes for a detector); empty otherwise.
+    """
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    test_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 class Method:

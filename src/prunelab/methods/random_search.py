@@ -408,7 +408,7 @@ class RandomSearchPruning(Method):
         }
         if latency is not None:
             info["latency"] = latency.notes
-        return PruneResult(winner, history, info)
+        return PruneResult(winner, history, info, test_metrics=final)
 
     def _stats(self, task: PruneTask, model: nn.Module) -> dict[str, Any] | None:
         """What the criterion needs: a seeded generator (random) or training batches."""

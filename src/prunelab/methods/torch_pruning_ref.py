@@ -97,5 +97,5 @@ class TorchPruningReference(Method):
         x = task.example_input
         achieved = count(model, x).flops / count(task.model, x).flops
         model, history, final = fit(task, model, "finetune")
-        return PruneResult(model, history, {"pruning_ratio": ratio, "achieved": achieved,
-                                            "finetune": final})  # fmt: skip
+        info = {"pruning_ratio": ratio, "achieved": achieved, "finetune": final}
+        return PruneResult(model, history, info, test_metrics=final)

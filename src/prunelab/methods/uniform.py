@@ -64,7 +64,7 @@ class UniformPruning(Method):
             info["achieved"] = plan.notes["latency"]["measured"]
         else:
             info["achieved"] = plan_cost(plan)[task.metric] / base_cost(graph)[task.metric]
-        return PruneResult(pruned, history, info)
+        return PruneResult(pruned, history, info, test_metrics=final)
 
 
 @register_method
