@@ -11,6 +11,9 @@ PointNet++ augmentation: point dropout, scale, shift, jitter):
                EPOCHS - PRUNE_AT epochs of fine-tuning (the same total epochs as the others)
     timing     time per training step: the Trainer against a minimal hand-written loop on
                the same batches, alternating chunks of steps (target: Trainer >= 0.9x)
+    latency    the three trained models timed side by side, interleaved in one process
+               (batch 8, 1 thread): the speedups; a model not yet saved is rebuilt from its
+               arm's final checkpoint (no training)
 
 The network is PointNet++ SSG at CPU scale (`--width`, centroids `--npoints`,
 neighbours `--nsamples`; the paper's are 1.0, 512/128, 32/64), said so in the
@@ -44,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from prunelab import models
+from prunelab import io, models
 from prunelab.atomic import atomic_write_bytes
 from prunelab.data import build_data
 from prunelab.data.point_loader import PointCloudLoader
@@ -59,6 +62,8 @@ CHEX = {"delta0": 0.3, "interval": 1, "t_max": 0.72, "regrow": "sample"}
 
 
 def recipe(args: argparse.Namespace, epochs: int, run_dir: Path | None) -> TrainConfig:
+    """The one recipe of every arm; with a run folder it resumes from the checkpoint there
+    (a method's task puts each of its trainings in a subfolder of it)."""
     return TrainConfig(
         epochs=epochs, optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True,
         weight_decay=1e-4, schedule="cosine", warmup_epochs=min(1.0, epochs / 4),
@@ -109,16 +114,27 @@ def describe(model: torch.nn.Module, data: Any, args: argparse.Namespace) -> dic
             "latency_ms": row.latency_ms}
 
 
-def run_dense(args: argparse.Namespace) -> dict[str, Any]:
+def model_file(args: argparse.Namespace, arm: str) -> Path:
+    return RUNS / f"{args.tag}{arm}_model.pt"
+
+
+def train_dense(args: argparse.Namespace) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
     data, model = make_data(args), make_model(args)
     keep = KeepWeights(args.prune_at, RUNS / f"{args.tag}dense_epoch{args.prune_at}.pt")
     # checkpointed every epoch: a killed dense run resumes where it stopped
     trainer = Trainer(model, data, recipe(args, args.epochs, RUNS / f"{args.tag}dense"), [keep])
     trainer.fit()
-    return {**describe(model, data, args), "history": trainer.history}
+    io.save(model, model_file(args, "dense"))
+    return model, trainer.history
 
 
-def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
+def run_dense(args: argparse.Namespace) -> dict[str, Any]:
+    model, history = train_dense(args)
+    return {**describe(model, make_data(args), args), "history": history}
+
+
+def train_method(args: argparse.Namespace, name: str) -> tuple[torch.nn.Module, Any, float]:
+    """(pruned model, its PruneResult, dense FLOPs); the training resumes from its checkpoint."""
     data, model = make_data(args), make_model(args)
     if name == "uniform":
         start = RUNS / f"{args.tag}dense_epoch{args.prune_at}.pt"
@@ -128,14 +144,42 @@ def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
         epochs, method = args.epochs - args.prune_at, get_method("uniform")(criterion="l1")
     else:
         epochs, method = args.epochs, get_method("chex")(**CHEX)
+    run_dir = RUNS / f"{args.tag}{name}"
     task = PruneTask(model=model, data=data, target=0.5, metric="flops",
-                     train=recipe(args, epochs, None), run_dir=RUNS / f"{args.tag}{name}",
-                     seed=args.seed, quiet=args.quiet)
+                     train=recipe(args, epochs, run_dir), run_dir=run_dir, seed=args.seed,
+                     quiet=args.quiet)
     dense_flops = count(model, torch.zeros(1, *data.effective_input_size)).flops
     result = method.run(task)
+    io.save(result.model, model_file(args, name))
+    return result.model, result, dense_flops
+
+
+def run_method(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    data = make_data(args)
+    _, result, dense_flops = train_method(args, name)
+    epochs = args.epochs - args.prune_at if name == "uniform" else args.epochs
     out = describe(result.model, data, args)
     return {**out, "flops_ratio": out["flops"] / dense_flops, "history": result.history,
             "epochs_trained": epochs}
+
+
+def run_latency(args: argparse.Namespace) -> dict[str, Any]:
+    """The trained models side by side: median latency and speedup against dense."""
+    trained = {}
+    for arm in ("dense", "chex", "uniform"):
+        path = model_file(args, arm)
+        if not path.exists():  # finished before models were saved: rebuild from the checkpoint
+            if arm == "dense":
+                train_dense(args)
+            else:
+                train_method(args, arm)
+        trained[arm] = io.load(path).eval()
+    x = torch.zeros(1, *make_data(args).effective_input_size)
+    rows = measure(trained, dict.fromkeys(trained, x), dict.fromkeys(trained),
+                   batch=8, threads=1, repeats=args.latency_repeats)
+    ms = {arm: row.latency_ms for arm, row in zip(trained, rows, strict=True)}
+    return {"latency_ms": ms, "speedup": {a: ms["dense"] / v for a, v in ms.items()},
+            "batch": 8, "threads": 1, "repeats": args.latency_repeats}
 
 
 def minimal_steps(model: torch.nn.Module, loader: Any, steps: int, opt: torch.optim.Optimizer
@@ -174,7 +218,8 @@ def write_report(tag: str, out: Path) -> str:
     rows = ["| arm | overall acc. (%) | mean class acc. (%) | FLOPs (MACs) | params | "
             "CPU latency, batch 8, 1 thread | epochs | wall time |",
             "|---|---|---|---|---|---|---|---|"]
-    files = {a: RESULTS / f"{tag}{a}.json" for a in ("dense", "chex", "uniform", "timing")}
+    files = {a: RESULTS / f"{tag}{a}.json"
+             for a in ("dense", "chex", "uniform", "timing", "latency")}
     done = {a: json.loads(f.read_text()) for a, f in files.items() if f.exists()}
     base = done.get("dense", {}).get("flops")
     for arm in ("dense", "chex", "uniform"):
@@ -192,6 +237,12 @@ def write_report(tag: str, out: Path) -> str:
                  f"{t['steps']} steps): minimal loop {t['minimal_s_per_step']:.2f} s, Trainer "
                  f"{t['trainer_s_per_step']:.2f} s, Trainer speed {t['speed_ratio']:.2f}x "
                  "the minimal loop's."]
+    if "latency" in done:
+        t = done["latency"]
+        rows += ["", f"Side by side (batch {t['batch']}, {t['threads']} thread, interleaved, "
+                 f"median of {t['repeats']}): " + ", ".join(
+                     f"{a} {ms:.1f} ms ({t['speedup'][a]:.2f}x)"
+                     for a, ms in t["latency_ms"].items())]
     settings = next(iter(done.values()))["settings"] if done else {}
     text = "\n".join(rows) + f"\n\nSettings: `{json.dumps(settings)}`\n"
     out.write_text(text)
@@ -200,7 +251,8 @@ def write_report(tag: str, out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("arms", nargs="+", choices=["dense", "chex", "uniform", "timing", "report"])
+    ap.add_argument("arms", nargs="+",
+                    choices=["dense", "chex", "uniform", "timing", "latency", "report"])
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--prune-at", type=int, default=None, help="default: 2/3 of the epochs")
     ap.add_argument("--steps-per-epoch", type=int, default=None)
@@ -229,6 +281,8 @@ def main() -> None:
             result = run_dense(args)
         elif arm == "timing":
             result = run_timing(args)
+        elif arm == "latency":
+            result = run_latency(args)
         else:
             result = run_method(args, arm)
         result.update(arm=arm, seconds=time.perf_counter() - t0, settings=settings,
