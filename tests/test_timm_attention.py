@@ -12,14 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-import prunelab
-from prunelab import models
 from prunelab.graph import trace
 from prunelab.graph.cost import base_cost, plan_cost
 from prunelab.graph.selfcheck import half_plan, randomize_norms
 from prunelab.metrics import count
-from prunelab.models import registry, timm_models
-from tests._contract import assert_close_rel, masked_and_pruned
+from prunelab.models import timm_models
+from tests._contract import assert_close_rel, masked_and_pruned, pruned_and_reloaded
 
 pytestmark = pytest.mark.skipif(
     not timm_models.installed(), reason="timm is not installed: pip install 'prunelab[timm]'"
@@ -110,25 +108,17 @@ def test_a_norm_over_all_heads_fixes_them() -> None:
 
 
 def test_pruned_timm_vit_saves_loads_and_trains(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    name = "_test_tiny_timm_vit"
-    models.register_model(name, input_size=(3, 32, 32))(tiny_timm_vit)
-    try:
-        model = randomize_norms(models.create(name)).eval()
-        x = torch.randn(2, 3, 32, 32)
-        pruned = prunelab.graph.prune(model, half_plan(trace(model, x), 0.5, seed=3)).eval()
-        prunelab.save(pruned, tmp_path / "model.pt")
-        loaded = prunelab.load(tmp_path / "model.pt")
-        with torch.no_grad():
-            assert torch.equal(pruned(x), loaded(x))
-        assert loaded.blocks[1].attn.num_heads == pruned.blocks[1].attn.num_heads == 2
-        loaded.train()
-        opt = torch.optim.SGD(loaded.parameters(), lr=0.1)
-        before = loaded.blocks[0].attn.qkv.weight.detach().clone()
-        loss = nn.functional.cross_entropy(loaded(x), torch.tensor([1, 2]))
-        loss.backward()
-        opt.step()
-        assert torch.isfinite(loss) and not torch.equal(before, loaded.blocks[0].attn.qkv.weight)
-        again = trace(loaded.eval(), x)  # a pruned model traces again (iterative pruning)
-        assert again.group_of("blocks.0.attn.qkv").size == 2
-    finally:
-        registry._REGISTRY.pop(name)
+    x = torch.randn(2, 3, 32, 32)
+    pruned, loaded = pruned_and_reloaded(tiny_timm_vit, x, 3, tmp_path)
+    with torch.no_grad():
+        assert torch.equal(pruned(x), loaded(x))
+    assert loaded.blocks[1].attn.num_heads == pruned.blocks[1].attn.num_heads == 2
+    loaded.train()
+    opt = torch.optim.SGD(loaded.parameters(), lr=0.1)
+    before = loaded.blocks[0].attn.qkv.weight.detach().clone()
+    loss = nn.functional.cross_entropy(loaded(x), torch.tensor([1, 2]))
+    loss.backward()
+    opt.step()
+    assert torch.isfinite(loss) and not torch.equal(before, loaded.blocks[0].attn.qkv.weight)
+    again = trace(loaded.eval(), x)  # a pruned model traces again (iterative pruning)
+    assert again.group_of("blocks.0.attn.qkv").size == 2
