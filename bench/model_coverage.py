@@ -142,7 +142,8 @@ _HEAD = (
     "to a random half of every prunable group; *pass* means the masked model's outputs",
     "equal the pruned model's (relative error < 1e-4) and the planned FLOPs and params",
     "equal those counted on the pruned model (layer norms and zero-initialised linear",
-    "layers get random values first, or a zero classifier hides every difference).",
+    "layers get random values first, or a zero classifier hides every difference; ConvNeXt",
+    "is built with layer scale 1, not 1e-6, which would hide a wrongly pruned block).",
     "*groups*: prunable of all channel groups; *flops*: pruned / dense FLOPs at that plan.",
 )
 _HEAD_TIMM = (

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from prunelab.graph import ChannelGraph, ChannelMask, Plan, prune
-from prunelab.graph.selfcheck import half_plan
+from prunelab import io, models
+from prunelab.graph import ChannelGraph, ChannelMask, Plan, prune, trace
+from prunelab.graph.selfcheck import half_plan, randomize_norms
+from prunelab.models import registry
 
 
 def random_plan(graph: ChannelGraph, keep: float, seed: int) -> Plan:
@@ -33,3 +37,18 @@ def assert_close_rel(a: torch.Tensor, b: torch.Tensor, rtol: float = 1e-4) -> No
     scale = a.abs().max().clamp_min(1e-6)
     err = ((a - b).abs().max() / scale).item()
     assert err <= rtol, f"masked and pruned outputs differ: relative error {err:.2e}"
+
+
+def pruned_and_reloaded(
+    build: Callable[..., nn.Module], x: torch.Tensor, seed: int, folder: Path
+) -> tuple[nn.Module, nn.Module]:
+    """`build`'s model (registered for the while) pruned to half, saved and loaded back."""
+    name = "_test_roundtrip"
+    models.register_model(name, input_size=tuple(x.shape[1:]))(build)
+    try:
+        model = randomize_norms(models.create(name)).eval()
+        pruned = prune(model, half_plan(trace(model, x), 0.5, seed=seed)).eval()
+        io.save(pruned, folder / "model.pt")
+        return pruned, io.load(folder / "model.pt")
+    finally:
+        registry._REGISTRY.pop(name)

@@ -29,12 +29,9 @@ needs_timm = pytest.mark.skipif(
     not timm_models.installed(), reason="timm is not installed: pip install 'prunelab[timm]'"
 )
 
-# model -> the op its refusal must name
-REFUSED: dict[str, str] = {
-    # timm's own Attention splits heads out of one qkv tensor by a reshape (torchvision's
-    # nn.MultiheadAttention prunes by heads; this module is not followed yet)
-    "vit_tiny_patch16_224": "reshape",
-}
+# model -> the op its refusal must name (every model of the list prunes: vit_tiny by its
+# attention heads and MLP width, tests/test_timm_attention.py)
+REFUSED: dict[str, str] = {}
 _SLOW = {"resnet50", "cspresnet50", "hrnet_w18_small", "dla34"}  # more than ~5 s each here
 
 

@@ -156,6 +156,44 @@ class AttentionRules:
         out_ids = self.values_out(merge)
         self.values[node] = _Value(out_ids, 3, (*x.shape[:-1], len(out_ids)))  # type: ignore[attr-defined]
 
+    def visit_timm_attention(self, node: fx.Node, name: str, mod: nn.Module) -> None:
+        """timm's self-attention on (B, N, C) tokens: a packed qkv layer, heads, `proj`.
+
+        Optional parts: q/k norms over `head_dim` (shared by the heads, so kept
+        whole), a sigmoid gate with one row per inside channel (pruned with its
+        head), a norm over all heads' channels before `proj` (it mixes the
+        heads: they are fixed).
+        """
+        x = self.attention_input(node, 0, "x")
+        qkv, proj = f"{name}.qkv", f"{name}.proj"
+        heads, rows = self.head_rows(mod.num_heads, mod.head_dim)
+        self.head_projections(name, mod.qkv, qkv, x, rows, mod.proj, proj)
+        record = self.record  # type: ignore[attr-defined]
+        batch, tokens, _ = x.shape
+        called = [(mod.qkv, qkv), (mod.proj, proj)]
+        if mod.gate is not None:
+            gate = f"{name}.gate"
+            record(gate, "weight", 1, x.ids, "in")
+            self.record_outputs(gate, mod.gate, rows)  # type: ignore[attr-defined]
+            called.append((mod.gate, gate))
+        if not isinstance(mod.norm, nn.Identity):
+            for pname in ("weight", "bias"):
+                if getattr(mod.norm, pname, None) is not None:
+                    record(f"{name}.norm", pname, 0, rows, "norm")
+            self.pin(heads, f"a norm over all heads' channels at {_where(node)}")  # type: ignore[attr-defined]
+        mask = self.arg(node, 1, "attn_mask", None)  # type: ignore[attr-defined]
+        mask_shape = _shape(mask) if isinstance(mask, fx.Node) else None
+        if mask_shape is not None and len(mask_shape) == 4 and mask_shape[1] != 1:
+            self.pin(heads, f"an attention mask given per head at {_where(node)}")  # type: ignore[attr-defined]
+        for layer, path in called:
+            shape = (batch, tokens, layer.out_features)
+            self.add_layer(path, "linear", layer.weight.shape, shape, 2, called_in=name)  # type: ignore[attr-defined]
+        if self.inference_modules is None or name in self.inference_modules:  # type: ignore[attr-defined]
+            factor = 2 * tokens * tokens  # queries x keys, weights x values
+            self.products.append(ProductCost(f"{name}.matmuls", factor, ((proj, "weight", 1),)))  # type: ignore[attr-defined]
+        out_ids = self.values_out(proj)
+        self.values[node] = _Value(out_ids, 2, (*x.shape[:-1], len(out_ids)))  # type: ignore[attr-defined]
+
     def head_projections(
         self,
         name: str,

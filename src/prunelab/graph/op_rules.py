@@ -48,6 +48,7 @@ from prunelab.graph.op_tables import (
 )
 from prunelab.graph.split_rules import SplitRules, _literal
 from prunelab.graph.values import _ParamRef, _shape, _Value, _where
+from prunelab.layers.timm_attention import is_timm_attention
 
 _TRUSTED_PACKAGES = ("torch.", "torchvision.")
 # functional forms of layers, and the layer a module must be to own their weight
@@ -152,6 +153,9 @@ class OpRules(SplitRules, AttentionRules):
             return
         if type(mod) in MAXVIT_ATTENTION:
             self.visit_maxvit_attention(node, name, mod)
+            return
+        if is_timm_attention(mod):
+            self.visit_timm_attention(node, name, mod)
             return
         base = _overridden_base(mod)
         if base is not None:

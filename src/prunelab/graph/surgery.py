@@ -11,6 +11,7 @@ from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedW
 
 from prunelab.graph.plan import Plan
 from prunelab.layers.attention import HeadPrunedMultiheadAttention
+from prunelab.layers.timm_attention import sync_heads
 from prunelab.layers.window_attention import (
     HeadPrunedMaxVitAttention,
     HeadPrunedWindowAttention,
@@ -55,6 +56,7 @@ def prune(model: nn.Module, plan: Plan, inplace: bool = False) -> nn.Module:
             mod.register_buffer(param, new, persistent=param not in mod._non_persistent_buffers_set)
     for name in {m for m, _ in by_param}:
         _update_attrs(target.get_submodule(name), original[name])
+    sync_heads(target)  # timm's attention holds no tensor of its own: its head count
     return target
 
 
@@ -135,4 +137,5 @@ def resize_to(model: nn.Module, shapes: dict[str, torch.Size]) -> nn.Module:
         touched.add(module)
     for name in touched:
         _update_attrs(model.get_submodule(name), original[name])
+    sync_heads(model)
     return model

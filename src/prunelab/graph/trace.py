@@ -31,6 +31,7 @@ from prunelab.errors import UnsupportedModelError
 from prunelab.graph.channel_analysis import ChannelAnalysis
 from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.op_tables import _EXTRA_LEAVES
+from prunelab.layers.timm_attention import is_timm_attention
 from prunelab.models.detection_core import tensor_program
 
 
@@ -42,7 +43,7 @@ class _Tracer(fx.Tracer):
         self._extra_leaves = (*_EXTRA_LEAVES, *leaves)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, self._extra_leaves) or _inherits_torch_layer(m):
+        if isinstance(m, self._extra_leaves) or _inherits_torch_layer(m) or is_timm_attention(m):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -16,13 +16,14 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from prunelab.layers.attention import HeadPrunedMultiheadAttention
+from prunelab.layers.timm_attention import is_timm_attention
 from prunelab.layers.window_attention import (
     HeadPrunedMaxVitAttention,
     HeadPrunedWindowAttention,
     HeadPrunedWindowAttentionV2,
 )
 
-__all__ = ["ATTENTION_COUNTERS", "attention_macs"]
+__all__ = ["ATTENTION_COUNTERS", "attention_macs", "counts_attention"]
 
 
 def _argument(args: tuple, kwargs: dict, pos: int, name: str) -> torch.Tensor:
@@ -69,6 +70,12 @@ def maxvit_attention_macs(
     return 2 * batch * groups * tokens * tokens * m.merge.weight.shape[1]
 
 
+def timm_attention_macs(m: nn.Module, args: tuple, kwargs: dict) -> int:
+    """timm's Attention: the two matmuls (qkv, proj and a gate run as modules)."""
+    batch, tokens, _ = _argument(args, kwargs, 0, "x").shape
+    return 2 * batch * tokens * tokens * m.proj.weight.shape[1]
+
+
 ATTENTION_COUNTERS: dict[type, Callable[[nn.Module, tuple, dict], int]] = {
     nn.MultiheadAttention: multihead_attention_macs,
     HeadPrunedMultiheadAttention: multihead_attention_macs,
@@ -81,6 +88,13 @@ ATTENTION_COUNTERS: dict[type, Callable[[nn.Module, tuple, dict], int]] = {
 }
 
 
+def counts_attention(module: nn.Module) -> bool:
+    """True if `attention_macs` knows `module` (its matmuls run outside modules)."""
+    return type(module) in ATTENTION_COUNTERS or is_timm_attention(module)
+
+
 def attention_macs(module: nn.Module, args: tuple, kwargs: dict) -> int:
     """MACs of one call of an attention module (the whole batch)."""
+    if is_timm_attention(module):
+        return timm_attention_macs(module, args, kwargs)
     return ATTENTION_COUNTERS[type(module)](module, args, kwargs)  # type: ignore[arg-type]

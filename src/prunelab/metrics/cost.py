@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from prunelab.metrics.attention_cost import ATTENTION_COUNTERS, attention_macs
+from prunelab.metrics.attention_cost import attention_macs, counts_attention
 
 __all__ = ["Cost", "CostRatio", "count", "format_count"]
 
@@ -135,7 +135,7 @@ def count(model: nn.Module, example_input: torch.Tensor | Sequence[torch.Tensor]
     handles += [
         module.register_forward_hook(attention_hook, with_kwargs=True)
         for module in model.modules()
-        if type(module) in ATTENTION_COUNTERS
+        if counts_attention(module)
     ]
     modes = [(module, module.training) for module in model.modules()]
     try:

@@ -347,11 +347,13 @@ def best_memory_format(
     warmup: int = 2,
     threads: int | None = None,
     targets: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
 ) -> torch.memory_format:
     """Time NCHW against channels_last and return the faster memory format.
 
     With ``train=True`` a training step (forward + backward + update) is
-    timed instead of inference. Inputs that are not 4-D can only be
+    timed instead of inference, its loss `loss_fn` (cross-entropy if None).
+    Inputs that are not 4-D can only be
     contiguous. Apply with ``model.to(memory_format=fmt)`` and
     ``x.contiguous(memory_format=fmt)``.
     """
@@ -361,7 +363,7 @@ def best_memory_format(
     layouts = {"nchw": False, "channels_last": True}
     if train:
         stats = compare_train_step(
-            models, example_input, targets, repeats, warmup, threads, layouts
+            models, example_input, targets, repeats, warmup, threads, layouts, loss_fn
         )
     else:
         stats = compare_latency(models, example_input, repeats, warmup, threads, layouts)

@@ -30,3 +30,16 @@ def aux_loss(
         return None
     aux = [a for a in out[1:] if a is not None]  # type: ignore[index]
     return weight * sum(criterion(a, y) for a in aux) if aux else None
+
+
+def training_loss(
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[object, torch.Tensor], torch.Tensor]:
+    """The loss of a training step: `criterion` on the main logits plus the aux losses."""
+
+    def loss(out: object, y: torch.Tensor) -> torch.Tensor:
+        main = criterion(main_logits(out), y)
+        aux = aux_loss(out, y, criterion)
+        return main if aux is None else main + aux
+
+    return loss

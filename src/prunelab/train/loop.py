@@ -31,7 +31,7 @@ from prunelab.data.registry import DataBundle, Loader
 from prunelab.errors import ConfigError, CorruptFileError
 from prunelab.metrics import best_memory_format
 from prunelab.train import distributed as D
-from prunelab.train.aux_outputs import aux_loss, main_logits
+from prunelab.train.aux_outputs import aux_loss, main_logits, training_loss
 from prunelab.train.callbacks import Callback
 from prunelab.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -162,8 +162,8 @@ class Trainer:
             batch = self.config.batch_size or data.train.batch_size
             x = torch.randn(batch, *data.effective_input_size, device=self.device)
             y = self.task.example_targets(batch, self.device)
-            fmt = best_memory_format(model.to(self.device), x, train=True, repeats=3,
-                                     warmup=1, targets=y)  # fmt: skip
+            fmt = best_memory_format(model.to(self.device), x, train=True, repeats=3, warmup=1,
+                                     targets=y, loss_fn=training_loss(self.criterion))  # fmt: skip
             choice = fmt == torch.channels_last
             self.progress.print(f"memory layout: {'channels_last' if choice else 'NCHW'} (timed)")
         return bool(D.broadcast_object(choice))
