@@ -24,12 +24,14 @@ as the best multiple's (within 3%). Planners use it when `round_to="auto"`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,19 @@ from prunelab.graph import prune
 from prunelab.graph.cost import cost_model
 from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.plan import Plan, add_survivors, round_keep
-from prunelab.metrics.latency import LatencyStats, time_callables
-from prunelab.runtimes import RUNTIMES, check_runtime, compare_in_runtime, onnx_runner
+from prunelab.metrics.latency import LatencyStats, stats_of, time_callables
+from prunelab.runtimes import (
+    RUNTIMES,
+    check_runtime,
+    compare_in_runtime,
+    make_runner,
+    onnx_runner,
+)
 
 __all__ = [
     "LatencySpec",
     "LatencyTable",
+    "RatioTiming",
     "latency_table",
     "measured_ratio",
 ]
@@ -60,6 +69,7 @@ GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions timed per layer axis
 CALIBRATION = (1.0, 0.75, 0.5, 0.3)  # uniform widths timed whole for the fit
 ROUND_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_WINDOW = 32
+VERIFY_SPREAD = 0.0125  # a verification's ratio error goal: a quarter of its 5% tolerance
 FORMAT = 1  # bump when the table's layout or method changes: old caches are re-measured
 Masks = Mapping[int, "torch.Tensor | np.ndarray"]
 
@@ -68,9 +78,11 @@ Masks = Mapping[int, "torch.Tensor | np.ndarray"]
 class LatencySpec:
     """Where latency is measured: batch, threads, runtime and memory layout (CPU).
 
-    `repeats` is the whole-model timing count (calibration, verification,
-    reports); `layer_repeats` that of each table entry. Only batch, threads,
-    runtime and layout decide which cached table applies.
+    `repeats` is the whole-model timing count (calibration, reports, and one
+    round of a verification, which adds rounds until its ratio is known well
+    enough, at most `max_rounds`; see `measured_ratio`); `layer_repeats` that of
+    each table entry. Only batch, threads, runtime and layout decide which
+    cached table applies.
     """
 
     batch: int = 8
@@ -79,6 +91,7 @@ class LatencySpec:
     layout: str = "nchw"
     repeats: int = 20
     layer_repeats: int = 7
+    max_rounds: int = 10
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | LatencySpec | None) -> LatencySpec:
@@ -96,7 +109,7 @@ class LatencySpec:
                 kind = "a name" if text else "a whole number"
                 raise ConfigError(f"latency.{k}={v!r} must be {kind}")
         spec = cls(**config)
-        for name in ("batch", "threads", "repeats", "layer_repeats"):
+        for name in ("batch", "threads", "repeats", "layer_repeats", "max_rounds"):
             value = getattr(spec, name)
             if value < 1:
                 raise ConfigError(f"latency.{name}={value} must be a whole number >= 1")
@@ -228,15 +241,83 @@ def latency_table(
 
 
 def measured_ratio(
-    dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor, spec: LatencySpec
-) -> tuple[float, dict[str, LatencyStats]]:
-    """pruned / dense median latency, timed interleaved in the spec's runtime and layout."""
+    dense: nn.Module,
+    pruned: nn.Module,
+    example_input: torch.Tensor,
+    spec: LatencySpec,
+    pruned_input: torch.Tensor | None = None,
+    spread: float = VERIFY_SPREAD,
+) -> tuple[float, RatioTiming]:
+    """pruned / dense median latency, timed interleaved until the ratio is known to `spread`.
+
+    Two timings of one model can differ by as much as a 5% verification
+    tolerance at 20 repeats on a shared machine, so a fixed count cannot tell a
+    miss from noise. Rounds of `spec.repeats` interleaved calls are added until
+    the ratio's relative standard error (a paired bootstrap over rounds: both
+    models are timed in every round) is at most `spread`, or `spec.max_rounds`
+    rounds are spent; `RatioTiming`
+    says which. The default spread is a quarter of the 5% tolerance, so two
+    standard errors are half of it. `pruned_input`: the pruned model's own
+    input when its size differs (resolution pruning).
+    """
     x = _batch_of(example_input, spec.batch)
-    stats = compare_in_runtime(
-        {"dense": dense, "pruned": pruned}, {"dense": x, "pruned": x}, spec.runtime,
-        spec.threads, spec.repeats, channels_last=_layouts(spec, ("dense", "pruned")),
-    )  # fmt: skip
-    return stats["pruned"].median_ms / stats["dense"].median_ms, stats
+    xp = x if pruned_input is None else _batch_of(pruned_input, spec.batch)
+    cap = spec.max_rounds * spec.repeats
+    layout = spec.layout == "channels_last"
+    runners = {"dense": make_runner(dense, x, spec.runtime, spec.threads, layout),
+               "pruned": make_runner(pruned, xp, spec.runtime, spec.threads, layout)}  # fmt: skip
+    samples: dict[str, list[float]] = {"dense": [], "pruned": []}
+    warmup = 3
+    with _gc_paused():
+        while True:
+            rounds = time_callables(runners, spec.repeats, warmup, spec.threads)
+            warmup = 0
+            for name in samples:
+                samples[name].extend(rounds[name].samples_ms)
+            error = _ratio_spread(np.array(samples["dense"]), np.array(samples["pruned"]))
+            if error <= spread or len(samples["dense"]) >= cap:
+                break
+    stats = {name: stats_of(values, spec.threads) for name, values in samples.items()}
+    timing = RatioTiming(stats, error, len(samples["dense"]), error <= spread)
+    return stats["pruned"].median_ms / stats["dense"].median_ms, timing
+
+
+@dataclass(frozen=True)
+class RatioTiming:
+    """How a latency ratio was timed: per-model stats, the ratio's relative standard error,
+    calls per model, and whether that error came under the goal before the cap."""
+
+    stats: dict[str, LatencyStats]
+    spread: float
+    repeats: int
+    settled: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {"repeats": self.repeats, "spread": self.spread, "settled": self.settled,
+                "dense_ms": self.stats["dense"].median_ms,
+                "pruned_ms": self.stats["pruned"].median_ms}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection inside (one collection first): it would land in a timing."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _ratio_spread(dense: np.ndarray, pruned: np.ndarray, resamples: int = 400) -> float:
+    """Relative standard error of median(pruned) / median(dense), resampling whole rounds."""
+    if len(dense) < 4:
+        return float("inf")
+    rows = np.random.default_rng(0).integers(0, len(dense), (resamples, len(dense)))
+    ratios = np.median(pruned[rows], axis=1) / np.median(dense[rows], axis=1)
+    return float(ratios.std() / (np.median(pruned) / np.median(dense)))
 
 
 # measuring ---------------------------------------------------------------------

@@ -689,9 +689,10 @@ class BWCP(Method):
     summary = "batch whitening + Gumbel-softmax channel masks from activation probabilities"
     trains_from_scratch = True
     Options = BWCPOptions
+    metrics = ("flops", "params")
 
     def check(self, task: PruneTask) -> None:
-        task.require_metric("bwcp", "flops", "params")
+        task.require_metric(self.name, *self.metrics)
 
     def run(self, task: PruneTask) -> PruneResult:
         self.check(task)

@@ -580,6 +580,8 @@ class DWR(Method):
         "model, constrained optimum, DBP + BN-scale + resize, fine-tune"
     )
 
+    metrics = ("flops",)
+
     @dataclass
     class Options:
         # Dimensions to prune; one alone is the single-dimension baseline (no model fitted).
@@ -616,13 +618,15 @@ class DWR(Method):
         # Cache of collected points and models (None: <run_dir>/collect, or no cache).
         collect_dir: str | None = None
 
+    def check(self, task: PruneTask) -> None:
+        task.require_metric(self.name, *self.metrics)
+
     def _check(self, task: PruneTask) -> list[str]:
         o = self.options
         dims = [d for d in DIMS if d in o.dims]
         if not dims or len(dims) != len(o.dims):
             raise ConfigError(f"dims must be distinct names from {DIMS}, got {o.dims}")
-        if task.metric != "flops":
-            raise ConfigError("dwr budgets FLOPs (d * w^2 * r^2 = T); use metric=flops")
+        self.check(task)
         if not 0 < task.target <= 1:
             raise InfeasibleBudgetError(f"target must be in (0, 1], got {task.target}")
         if o.rounds < 1 or o.round_epochs < 0 or o.degree < 1 or o.rank < 1:

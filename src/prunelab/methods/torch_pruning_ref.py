@@ -36,6 +36,7 @@ def _torch_pruning():
 @register_method
 class TorchPruningReference(Method):
     name = "torch_pruning"
+    metrics = ("flops",)
     summary = "external reference: Torch-Pruning 1.6 group-L1, one ratio per layer, fine-tune"
 
     @dataclass
@@ -50,8 +51,7 @@ class TorchPruningReference(Method):
 
     def prune_to_target(self, task: PruneTask) -> tuple[nn.Module, float]:
         """The pruned model and its pruning ratio, FLOPs within tolerance of the target."""
-        if task.metric != "flops":
-            raise ConfigError("torch_pruning is bisected on FLOPs; use metric=flops")
+        task.require_metric(self.name, *self.metrics)  # bisected on FLOPs
         tp = _torch_pruning()
         x = task.example_input
         dense = task.model.cpu().eval()
