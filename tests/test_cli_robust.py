@@ -242,7 +242,7 @@ def test_a_folder_the_process_may_not_write_is_refused_early(
     ("args", "message"),
     [
         (["method=random", "data.holdout=0"], "set data holdout"),
-        (["method=dwr", "metric=params"], "dwr budgets flops"),
+        (["method=dwr", "metric=params"], "dwr budgets flops or latency, not params"),
         (["method=bwcp", "metric=latency"], "bwcp budgets flops or params, not latency"),
     ],
 )  # fmt: skip

@@ -193,7 +193,7 @@ def test_a_refused_metric_names_the_methods_that_budget_it() -> None:
     task.require_metric("torch_pruning", "flops")
 
 
-@pytest.mark.parametrize("name", ["uniform", "global", "random", "chex"])
+@pytest.mark.parametrize("name", ["uniform", "global", "random", "chex", "dwr"])
 def test_methods_that_budget_latency_accept_it(name: str) -> None:
     from prunelab.data import build_data
     from prunelab.methods import PruneTask, get_method

@@ -63,6 +63,7 @@ __all__ = [
     "RatioTiming",
     "latency_table",
     "measured_ratio",
+    "measured_ratios",
 ]
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions timed per layer axis
@@ -280,6 +281,28 @@ def measured_ratio(
     stats = {name: stats_of(values, spec.threads) for name, values in samples.items()}
     timing = RatioTiming(stats, error, len(samples["dense"]), error <= spread)
     return stats["pruned"].median_ms / stats["dense"].median_ms, timing
+
+
+def measured_ratios(
+    dense: nn.Module,
+    example_input: torch.Tensor,
+    models: Mapping[str, tuple[nn.Module, torch.Tensor]],
+    spec: LatencySpec,
+) -> dict[str, float]:
+    """Each model's median latency over the dense model's, all timed interleaved in one session.
+
+    `models` maps a name to (model, its own example input); `spec.repeats`
+    rounds, one call of every model per round (for fitting a cost model to
+    many realisations; a verification uses `measured_ratio`).
+    """
+    timed = {"dense": dense, **{n: m for n, (m, _) in models.items()}}
+    inputs = {"dense": _batch_of(example_input, spec.batch),
+              **{n: _batch_of(x, spec.batch) for n, (_, x) in models.items()}}  # fmt: skip
+    with _gc_paused():
+        stats = compare_in_runtime(timed, inputs, spec.runtime, spec.threads, spec.repeats,
+                                   channels_last=_layouts(spec, timed))  # fmt: skip
+    base = stats["dense"].median_ms
+    return {n: stats[n].median_ms / base for n in models}
 
 
 @dataclass(frozen=True)
