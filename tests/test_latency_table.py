@@ -193,7 +193,7 @@ def test_a_refused_metric_names_the_methods_that_budget_it() -> None:
     task.require_metric("torch_pruning", "flops")
 
 
-@pytest.mark.parametrize("name", ["uniform", "global", "random", "chex", "dwr"])
+@pytest.mark.parametrize("name", ["uniform", "global", "random", "chex", "dwr", "bwcp"])
 def test_methods_that_budget_latency_accept_it(name: str) -> None:
     from prunelab.data import build_data
     from prunelab.methods import PruneTask, get_method
@@ -318,3 +318,33 @@ def test_verification_stops_when_the_ratio_is_known_and_keeps_timing_while_noisy
     some = _fake_rounds(monkeypatch, lambda r, n: (np.full(n, 2.0), 1 + 0.1 * gen.random(n)))
     _, timing = lt.measured_ratio(model, model, x, spec, spread=0.008)
     assert 1 < len(some) < 6 and timing.settled and timing.spread <= 0.008
+
+
+def test_bwcp_steers_its_hard_masks_to_the_latency_aim_through_the_table(tiny_table) -> None:
+    """The controller and the threshold search read the table; the export is timed."""
+    import copy
+
+    from prunelab.methods import get_method
+
+    model, graph, table, _ = tiny_table
+    target = _reachable(graph, table, 0.6)
+    method = get_method("bwcp")(lambda1=1e-3, lambda2=2e-3, target_control=True,
+                                control_every=1, warmup_epochs=0)  # fmt: skip
+    result = method.run(_task(copy.deepcopy(model), target, epochs=2))
+    info, notes = result.info, result.info["latency"]
+    assert notes["spec"] == table.spec
+    assert info["final_ratio"] == notes["table_ratio"]
+    # the exported model is what the table was asked about, and it sits on the aim
+    assert _table_ratio_of(result.model, table, graph) == pytest.approx(notes["table_ratio"])
+    assert notes["table_ratio"] == pytest.approx(notes["aim"], rel=0.03)
+    assert notes["predicted"] == pytest.approx(notes["table_ratio"] * notes["table_error"])
+    assert info["achieved_latency"] == notes["measured"]
+    assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)
+
+
+def test_bwcp_refuses_latency_on_a_pre_activation_network() -> None:
+    from prunelab.methods import get_method
+
+    task = _task(prunelab.create("densenet40", num_classes=10), 0.5)
+    with pytest.raises(ConfigError, match="needs a post-activation network"):
+        get_method("bwcp")(target_control=True).run(task)

@@ -49,9 +49,12 @@ class TorchPruningReference(Method):
         # channels moves in coarse steps (0.509 is the closest to 0.5 on ResNet-20)
         tolerance: float = 0.02
 
+    def check(self, task: PruneTask) -> None:
+        task.require_metric(self.name, *self.metrics)  # bisected on FLOPs
+
     def prune_to_target(self, task: PruneTask) -> tuple[nn.Module, float]:
         """The pruned model and its pruning ratio, FLOPs within tolerance of the target."""
-        task.require_metric(self.name, *self.metrics)  # bisected on FLOPs
+        self.check(task)
         tp = _torch_pruning()
         x = task.example_input
         dense = task.model.cpu().eval()
