@@ -348,3 +348,33 @@ def test_bwcp_refuses_latency_on_a_pre_activation_network() -> None:
     task = _task(prunelab.create("densenet40", num_classes=10), 0.5)
     with pytest.raises(ConfigError, match="needs a post-activation network"):
         get_method("bwcp")(target_control=True).run(task)
+
+
+@pytest.mark.slow  # measures a table of its own (about 20 s)
+def test_a_transformers_prediction_sees_its_heads(tmp_path: Path, monkeypatch) -> None:
+    """Attention's fused projections and matmuls (outside modules) are in the prediction."""
+    from prunelab.graph.cost import cost_model
+    from tests.test_transformers import tiny_vit
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    graph = prunelab.trace(model, torch.zeros(1, 3, 32, 32))
+    table = latency_table(model, graph, SPEC)
+    assert table.ms_per_mac > 0
+    heads = [g for g in graph.prunable if g.name.endswith("self_attention")]
+    keep = {g.index: np.arange(g.size) < g.size // 2 for g in heads}  # half the heads
+    cm = cost_model(graph)
+    c_out, c_in = cm.layer_widths(keep)
+    fewer = cm.product_macs(keep)
+    assert 0 < fewer < cm.product_macs({})  # pruning heads removes attention MACs
+    blind = table.predict_widths(c_out, c_in)  # the layers alone
+    expected = blind + table.coef[0] * table.ms_per_mac * fewer
+    assert table.predict(graph, keep) == pytest.approx(expected)
+    # the dense linear layers' own rate: their table ms over their MACs
+    linear = [n for n in table.layers if isinstance(model.get_submodule(n), nn.Linear)]
+    rows = [table.layers.index(n) for n in linear]
+    ms = table.layer_ms(table.grid_out[:, -1], table.grid_in[:, -1])[rows].sum()
+    macs = sum(graph.layers[n].out_spatial * graph.layers[n].kernel
+               * int(np.prod(graph.layers[n].weight_shape[:2])) for n in linear)  # fmt: skip
+    assert table.ms_per_mac == pytest.approx(ms / macs)

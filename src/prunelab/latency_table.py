@@ -7,10 +7,15 @@ once per (architecture, CPU, batch, threads, runtime, layout), caches the table
 under ``$PRUNELAB_CACHE/latency`` (default ``~/.cache/prunelab``), and predicts a
 plan's latency by interpolating each layer's time at its kept (in, out) widths:
 
-    predicted = a * sum_layers table(c_in, c_out) + b * activations + c
+    predicted = a * (sum_layers table(c_in, c_out) + m * attention) + b * activations + c
 
 `activations` (output channels x positions, summed over layers) stands for what
-the table does not time: batch norms, activations, additions, pooling. The
+the table does not time: batch norms, activations, additions, pooling.
+`attention` is the MACs attention computes outside conv/linear modules (its
+fused input projections and its two matmuls, `ChannelGraph.products`, which
+shrink with the heads a plan keeps), timed at `m` ms per MAC: the rate the
+table measured for the model's dense linear layers (all layers' without
+any), since those matmuls run on the same kernels. The
 three coefficients (non-negative) are fitted to real timings of the dense model
 and of uniformly thinned copies, so isolated-layer overheads and fused ops
 (onnxruntime and OpenVINO fold batch norms) are accounted for. The fit's own
@@ -151,6 +156,7 @@ class LatencyTable:
     round_to: int = 1
     round_scores: dict[int, float] = field(default_factory=dict)
     calibration: list[dict[str, float]] = field(default_factory=list)
+    ms_per_mac: float = 0.0  # of attention's MACs outside modules (the dense linear layers' rate)
 
     # prediction -------------------------------------------------------------
     def layer_ms(self, c_out: np.ndarray, c_in: np.ndarray) -> np.ndarray:
@@ -163,19 +169,22 @@ class LatencyTable:
         high_in = (1 - to) * t[rows, ii + 1, io] + to * t[rows, ii + 1, io + 1]
         return np.maximum((1 - ti) * low_in + ti * high_in, 0.0)
 
-    def features(self, c_out: np.ndarray, c_in: np.ndarray) -> np.ndarray:
-        """[summed layer ms, activation volume, 1]: what the coefficients multiply."""
-        layers = self.layer_ms(c_out, c_in).sum()
+    def features(
+        self, c_out: np.ndarray, c_in: np.ndarray, attention_macs: float = 0.0
+    ) -> np.ndarray:
+        """[summed layer and attention ms, activation volume, 1]: what the coefficients multiply."""
+        layers = self.layer_ms(c_out, c_in).sum() + self.ms_per_mac * attention_macs
         return np.array([layers, float((c_out * self.out_spatial).sum()), 1.0])
 
-    def predict_widths(self, c_out: np.ndarray, c_in: np.ndarray) -> float:
-        return float(np.dot(self.coef, self.features(c_out, c_in)))
+    def predict_widths(
+        self, c_out: np.ndarray, c_in: np.ndarray, attention_macs: float = 0.0
+    ) -> float:
+        return float(np.dot(self.coef, self.features(c_out, c_in, attention_macs)))
 
     def predict(self, graph: ChannelGraph, keep: Masks | None = None) -> float:
         """Predicted ms of the model that keeping `keep` (group -> bool mask) leaves."""
         self._check(graph)
-        c_out, c_in = cost_model(graph).layer_widths(keep or {})
-        return self.predict_widths(c_out, c_in)
+        return self.predict_widths(*_widths_and_attention(graph, keep or {}))
 
     def predict_plan(self, plan: Plan) -> float:
         return self.predict(plan.graph, {g: plan.keep_mask(g).numpy() for g in plan.keep})
@@ -411,6 +420,8 @@ def _measure(
         times=np.array(times, dtype=np.float64), out_spatial=np.array(spatial, np.float64),
         round_to=round_to, round_scores=scores,
     )  # fmt: skip
+    if graph.products:
+        table.ms_per_mac = _dense_ms_per_mac(table, probe)
     _calibrate(table, model, graph, spec)
     return table
 
@@ -424,8 +435,8 @@ def _calibrate(
     x = _batch_of(torch.zeros(graph.input_shape), spec.batch)
     stats = compare_in_runtime(models, dict.fromkeys(models, x), spec.runtime, spec.threads,
                                spec.repeats, channels_last=_layouts(spec, models))  # fmt: skip
-    cm = cost_model(graph)
-    feats = np.array([table.features(*cm.layer_widths(_masks(p))) for p in plans.values()])
+    feats = np.array([table.features(*_widths_and_attention(graph, _masks(p)))
+                      for p in plans.values()])  # fmt: skip
     measured = np.array([stats[f"{f}"].median_ms for f in plans])
     # A prior row pulls the layer coefficient towards 1 (the table's own times) with the
     # weight of one more observation: four noisy timings alone can zero it.
@@ -530,6 +541,24 @@ def _single_layer_onnx(layer: nn.Module, x: torch.Tensor) -> bytes:
 # helpers -----------------------------------------------------------------------
 
 
+def _widths_and_attention(graph: ChannelGraph, keep: Masks) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each layer's (out, in) widths and the attention MACs outside modules, per image."""
+    cm = cost_model(graph)
+    c_out, c_in = cm.layer_widths(keep)
+    return c_out, c_in, cm.product_macs(keep) if graph.products else 0.0
+
+
+def _dense_ms_per_mac(table: LatencyTable, probe: _LayerProbe) -> float:
+    """ms per MAC (the whole batch's ms over one image's MACs) of the dense linear layers."""
+    linear = [isinstance(probe.modules[n], nn.Linear) for n in probe.layers]
+    rows = np.array(linear) if any(linear) else np.ones(len(probe.layers), dtype=bool)
+    ms = table.layer_ms(table.grid_out[:, -1], table.grid_in[:, -1])
+    macs = np.array([probe.graph.layers[n].out_spatial * probe.graph.layers[n].kernel
+                     * int(np.prod(probe.graph.layers[n].weight_shape[:2]))
+                     for n in probe.layers], dtype=np.float64)  # fmt: skip
+    return float(ms[rows].sum() / max(macs[rows].sum(), 1.0))
+
+
 def _local_median(values: np.ndarray, half: int) -> np.ndarray:
     return np.array([np.median(values[max(0, i - half) : i + half + 1])
                      for i in range(len(values))])  # fmt: skip
@@ -616,6 +645,8 @@ def _layouts(spec: LatencySpec, names: Any) -> dict[str, bool]:
 def _fingerprint(probe: _LayerProbe, spec: LatencySpec) -> str:
     versions = {"torch": torch.__version__, "format": FORMAT, "grid": GRID,
                 "calibration": CALIBRATION}  # fmt: skip
+    if probe.graph.products:  # tables of attention models before its term are re-measured
+        versions["attention"] = 1
     if spec.runtime != "torch":
         versions[spec.runtime] = getattr(__import__(spec.runtime), "__version__", "?")
     text = json.dumps([probe.describe(), spec.key(), _cpu_name(), os.cpu_count(), versions],
