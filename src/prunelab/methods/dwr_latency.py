@@ -33,6 +33,7 @@ from prunelab.latency_table import LatencySpec, measured_ratio, measured_ratios
 from prunelab.methods.dwr_cost import CostModel, fit_cost, solve_dimension
 from prunelab.methods.dwr_model import DIMS
 from prunelab.methods.latency_budget import VERIFY_TOLERANCE
+from prunelab.train import distributed as D
 
 if TYPE_CHECKING:
     from prunelab.methods.dwr import Collector
@@ -58,6 +59,7 @@ def latency_cost(col: Collector) -> CostModel:
     dense_at = {f"dense@{p}": (col.model0, col._input(p)) for p in pixels if p != col.r0}
     col.say(f"timing {len(models)} realisations for the latency cost model")
     ratios = measured_ratios(col.model0, col._input(col.r0), {**models, **dense_at}, spec)
+    ratios = D.broadcast_object(ratios)  # under torchrun every rank fits rank 0's timings
     costs = np.array([ratios[f"{i}"] for i in range(len(rows))])
     scale = np.array([1.0 if p == col.r0 else ratios[f"dense@{p}"] for p in pixels])
     return fit_cost(np.array(rows), costs, np.array(pixels) / col.r0, scale)
@@ -76,6 +78,7 @@ def build_for_latency(
         predicted = float(cost(realised)[0])
         measured, timing = measured_ratio(col.model0, model, col._input(col.r0), spec,
                                           pruned_input=col._input(pixels))  # fmt: skip
+        measured = D.broadcast_object(measured)  # every rank takes rank 0's decision
         tried.append({"aim": aim, "predicted": predicted, "measured": measured,
                       "point": list(realised), "timing": timing.summary(),
                       "built": (model, pixels, details)})  # fmt: skip
