@@ -25,6 +25,7 @@ from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.plan import Plan
 from prunelab.latency_table import LatencySpec, latency_table, measured_ratio
 from prunelab.methods.base import PruneTask
+from prunelab.train import distributed as D
 
 __all__ = ["VERIFY_TOLERANCE", "LatencyBudget"]
 
@@ -73,7 +74,8 @@ class LatencyBudget:
             self.notes["uniform_check"] = f"not timed: {e}"
             return
         checked = uniform.notes["latency"]
-        self.error = checked["measured"] / checked["predicted"]
+        # under torchrun every rank aims where rank 0 measured, so the ranks' budgets agree
+        self.error = D.broadcast_object(checked["measured"] / checked["predicted"])
         self.aim = min(1.0, self.target / self.error)
         self.notes["uniform_check"] = {k: checked[k] for k in ("predicted", "measured")}
 
