@@ -242,8 +242,8 @@ def test_a_folder_the_process_may_not_write_is_refused_early(
     ("args", "message"),
     [
         (["method=random", "data.holdout=0"], "set data holdout"),
-        (["method=chex", "metric=latency"], "chex budgets flops or params, not latency"),
-        (["method=bwcp", "metric=latency"], "bwcp budgets flops or params, not latency"),
+        (["method=dwr", "metric=params"], "dwr budgets flops or latency, not params"),
+        (["method=torch_pruning", "metric=latency"], "torch_pruning budgets flops, not latency"),
     ],
 )  # fmt: skip
 def test_a_method_that_cannot_run_the_task_says_so_before_the_run_folder_exists(

@@ -22,7 +22,7 @@ from tests._nets import ConvBN, randomize_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SPEC = {"batch": 1, "threads": 1, "repeats": 15, "layer_repeats": 3}
+SPEC = {"batch": 1, "threads": 1, "repeats": 15, "layer_repeats": 3, "max_rounds": 2}
 
 
 class _Tiny(nn.Module):
@@ -177,14 +177,31 @@ def test_prune_with_an_unknown_latency_key_is_one_line_and_writes_nothing(
     assert not run.exists()
 
 
-def test_methods_that_cannot_budget_latency_say_so() -> None:
-    from prunelab.methods import PruneTask
+def test_a_refused_metric_names_the_methods_that_budget_it() -> None:
+    from prunelab.methods import PruneTask, list_methods
 
-    task = PruneTask(model=nn.Linear(2, 2), data=None, metric="latency")  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="chex budgets flops or params, not latency"):
-        task.require_metric("chex", "flops", "params")
+    task = PruneTask(model=nn.Linear(2, 2), data=None, metric="params")  # type: ignore[arg-type]
+    able = [n for n, cls in list_methods().items() if "params" in cls.metrics]
+    assert "chex" in able and "torch_pruning" not in able
+    with pytest.raises(ConfigError) as info:
+        task.require_metric("torch_pruning", "flops")
+    assert str(info.value) == (
+        f"torch_pruning budgets flops, not params; use metric=flops "
+        f"(metric=params: methods {', '.join(sorted(able))})"
+    )
     task.metric = "flops"
-    task.require_metric("chex", "flops", "params")
+    task.require_metric("torch_pruning", "flops")
+
+
+@pytest.mark.parametrize("name", ["uniform", "global", "random", "chex", "dwr", "bwcp"])
+def test_methods_that_budget_latency_accept_it(name: str) -> None:
+    from prunelab.data import build_data
+    from prunelab.methods import PruneTask, get_method
+
+    method = get_method(name)
+    assert "latency" in method.metrics
+    data = build_data("synthetic", batch_size=4, n_train=8, n_test=4, holdout=4, image_size=8)
+    method().check(PruneTask(model=nn.Linear(2, 2), data=data, metric="latency"))  # no error
 
 
 def test_random_search_budgets_latency_through_the_table(tiny_table) -> None:
@@ -219,3 +236,145 @@ def test_random_search_budgets_latency_through_the_table(tiny_table) -> None:
     winner = result.info["candidates"][result.info["winner"]]
     assert winner["latency_ratio"] == notes["measured"] == result.info["achieved"]
     assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)
+
+
+def _task(model, target: float, epochs: int = 1):
+    from prunelab.data import build_data
+    from prunelab.methods import PruneTask
+    from prunelab.train import TrainConfig
+
+    data = build_data("synthetic", batch_size=16, n_train=64, n_test=16, holdout=32,
+                      image_size=16)  # fmt: skip
+    train = TrainConfig(epochs=epochs, steps_per_epoch=2, lr=0.01, threads=1, quiet=True,
+                        channels_last="off")  # fmt: skip
+    return PruneTask(model=model, data=data, target=target, metric="latency", train=train,
+                     quiet=True, latency=SPEC)  # fmt: skip
+
+
+def _table_ratio_of(pruned: nn.Module, table: LatencyTable, graph) -> float:
+    """The table's prediction from the pruned model's own layer shapes."""
+    shapes = [pruned.get_submodule(n).weight.shape[:2] for n in table.layers]
+    c_out = np.array([s[0] for s in shapes], dtype=np.float64)
+    c_in = np.array([s[1] for s in shapes], dtype=np.float64)
+    return table.predict_widths(c_out, c_in) / table.dense_ms(graph)
+
+
+def test_chex_budgets_latency_through_the_table(tiny_table) -> None:
+    """CHEX's allocation meets the error-corrected aim in the table; the result is timed."""
+    import copy
+
+    from prunelab.methods import get_method
+
+    model, graph, table, _ = tiny_table
+    target = _reachable(graph, table, 0.6)
+    method = get_method("chex")(interval=1, delta0=0.2, feature_images=8, feature_rows=64)
+    result = method.run(_task(copy.deepcopy(model), target, epochs=2))
+    notes = result.info["latency"]
+    assert notes["spec"] == table.spec
+    assert notes["aim"] == pytest.approx(min(1.0, target / notes["table_error"]))
+    # the pruned model is what the table was asked about, and it sits on the aim
+    assert _table_ratio_of(result.model, table, graph) == pytest.approx(notes["table_ratio"])
+    assert notes["table_ratio"] == pytest.approx(notes["aim"], rel=0.011)
+    assert notes["predicted"] == pytest.approx(notes["table_ratio"] * notes["table_error"])
+    assert result.info["achieved_latency"] == notes["measured"]
+    assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)
+    assert notes["timing"]["repeats"] >= SPEC["repeats"]
+
+
+def _fake_rounds(monkeypatch, make_samples) -> list[int]:
+    """Replace the timer with `make_samples(round) -> (dense, pruned)` samples; log the rounds."""
+    from prunelab.metrics.latency import LatencyStats
+
+    calls: list[int] = []
+
+    def fake(runners, repeats, warmup, threads):
+        dense, pruned = make_samples(len(calls), repeats)
+        calls.append(repeats)
+        return {name: LatencyStats(0, 0, 0, 0, repeats, threads, samples_ms=tuple(v))
+                for name, v in (("dense", dense), ("pruned", pruned))}  # fmt: skip
+
+    monkeypatch.setattr(lt, "time_callables", fake)
+    return calls
+
+
+def test_verification_stops_when_the_ratio_is_known_and_keeps_timing_while_noisy(
+    monkeypatch,
+) -> None:
+    model = nn.Conv2d(3, 4, 1)
+    spec = LatencySpec(batch=1, threads=1, repeats=10, max_rounds=6)
+    x = torch.zeros(1, 3, 4, 4)
+    gen = np.random.default_rng(1)
+    # common-mode noise (both models slowed alike in a round) cancels in paired rounds
+    steady = _fake_rounds(monkeypatch, lambda r, n: ((d := 2 + gen.random(n)), 0.5 * d))
+    ratio, timing = lt.measured_ratio(model, model, x, spec)
+    assert ratio == pytest.approx(0.5) and timing.spread == 0 and timing.settled
+    assert steady == [10] and timing.repeats == 10
+    # independent noise of +-50% on the pruned model: never settles, stops at the cap
+    noisy = _fake_rounds(monkeypatch, lambda r, n: (np.full(n, 2.0), 1 + gen.random(n)))
+    ratio, timing = lt.measured_ratio(model, model, x, spec)
+    assert noisy == [10] * 6 and timing.repeats == 60 and not timing.settled
+    assert timing.spread > lt.VERIFY_SPREAD
+    # noise that a few rounds average down: stops before the cap, once the spread is small
+    some = _fake_rounds(monkeypatch, lambda r, n: (np.full(n, 2.0), 1 + 0.1 * gen.random(n)))
+    _, timing = lt.measured_ratio(model, model, x, spec, spread=0.008)
+    assert 1 < len(some) < 6 and timing.settled and timing.spread <= 0.008
+
+
+def test_bwcp_steers_its_hard_masks_to_the_latency_aim_through_the_table(tiny_table) -> None:
+    """The controller and the threshold search read the table; the export is timed."""
+    import copy
+
+    from prunelab.methods import get_method
+
+    model, graph, table, _ = tiny_table
+    target = _reachable(graph, table, 0.6)
+    method = get_method("bwcp")(lambda1=1e-3, lambda2=2e-3, target_control=True,
+                                control_every=1, warmup_epochs=0)  # fmt: skip
+    result = method.run(_task(copy.deepcopy(model), target, epochs=2))
+    info, notes = result.info, result.info["latency"]
+    assert notes["spec"] == table.spec
+    assert info["final_ratio"] == notes["table_ratio"]
+    # the exported model is what the table was asked about, and it sits on the aim
+    assert _table_ratio_of(result.model, table, graph) == pytest.approx(notes["table_ratio"])
+    assert notes["table_ratio"] == pytest.approx(notes["aim"], rel=0.03)
+    assert notes["predicted"] == pytest.approx(notes["table_ratio"] * notes["table_error"])
+    assert info["achieved_latency"] == notes["measured"]
+    assert notes["met"] == (abs(notes["measured"] / target - 1) <= 0.05)
+
+
+def test_bwcp_refuses_latency_on_a_pre_activation_network() -> None:
+    from prunelab.methods import get_method
+
+    task = _task(prunelab.create("densenet40", num_classes=10), 0.5)
+    with pytest.raises(ConfigError, match="needs a post-activation network"):
+        get_method("bwcp")(target_control=True).run(task)
+
+
+@pytest.mark.slow  # measures a table of its own (about 20 s)
+def test_a_transformers_prediction_sees_its_heads(tmp_path: Path, monkeypatch) -> None:
+    """Attention's fused projections and matmuls (outside modules) are in the prediction."""
+    from prunelab.graph.cost import cost_model
+    from tests.test_transformers import tiny_vit
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = tiny_vit().eval()
+    graph = prunelab.trace(model, torch.zeros(1, 3, 32, 32))
+    table = latency_table(model, graph, SPEC)
+    assert table.ms_per_mac > 0
+    heads = [g for g in graph.prunable if g.name.endswith("self_attention")]
+    keep = {g.index: np.arange(g.size) < g.size // 2 for g in heads}  # half the heads
+    cm = cost_model(graph)
+    c_out, c_in = cm.layer_widths(keep)
+    fewer = cm.product_macs(keep)
+    assert 0 < fewer < cm.product_macs({})  # pruning heads removes attention MACs
+    blind = table.predict_widths(c_out, c_in)  # the layers alone
+    expected = blind + table.coef[0] * table.ms_per_mac * fewer
+    assert table.predict(graph, keep) == pytest.approx(expected)
+    # the dense linear layers' own rate: their table ms over their MACs
+    linear = [n for n in table.layers if isinstance(model.get_submodule(n), nn.Linear)]
+    rows = [table.layers.index(n) for n in linear]
+    ms = table.layer_ms(table.grid_out[:, -1], table.grid_in[:, -1])[rows].sum()
+    macs = sum(graph.layers[n].out_spatial * graph.layers[n].kernel
+               * int(np.prod(graph.layers[n].weight_shape[:2])) for n in linear)  # fmt: skip
+    assert table.ms_per_mac == pytest.approx(ms / macs)

@@ -7,10 +7,15 @@ once per (architecture, CPU, batch, threads, runtime, layout), caches the table
 under ``$PRUNELAB_CACHE/latency`` (default ``~/.cache/prunelab``), and predicts a
 plan's latency by interpolating each layer's time at its kept (in, out) widths:
 
-    predicted = a * sum_layers table(c_in, c_out) + b * activations + c
+    predicted = a * (sum_layers table(c_in, c_out) + m * attention) + b * activations + c
 
 `activations` (output channels x positions, summed over layers) stands for what
-the table does not time: batch norms, activations, additions, pooling. The
+the table does not time: batch norms, activations, additions, pooling.
+`attention` is the MACs attention computes outside conv/linear modules (its
+fused input projections and its two matmuls, `ChannelGraph.products`, which
+shrink with the heads a plan keeps), timed at `m` ms per MAC: the rate the
+table measured for the model's dense linear layers (all layers' without
+any), since those matmuls run on the same kernels. The
 three coefficients (non-negative) are fitted to real timings of the dense model
 and of uniformly thinned copies, so isolated-layer overheads and fused ops
 (onnxruntime and OpenVINO fold batch norms) are accounted for. The fit's own
@@ -24,12 +29,14 @@ as the best multiple's (within 3%). Planners use it when `round_to="auto"`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,20 +53,29 @@ from prunelab.graph import prune
 from prunelab.graph.cost import cost_model
 from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.plan import Plan, add_survivors, round_keep
-from prunelab.metrics.latency import LatencyStats, time_callables
-from prunelab.runtimes import RUNTIMES, check_runtime, compare_in_runtime, onnx_runner
+from prunelab.metrics.latency import LatencyStats, stats_of, time_callables
+from prunelab.runtimes import (
+    RUNTIMES,
+    check_runtime,
+    compare_in_runtime,
+    make_runner,
+    onnx_runner,
+)
 
 __all__ = [
     "LatencySpec",
     "LatencyTable",
+    "RatioTiming",
     "latency_table",
     "measured_ratio",
+    "measured_ratios",
 ]
 
 GRID = (0.25, 0.5, 0.75, 1.0)  # kept fractions timed per layer axis
 CALIBRATION = (1.0, 0.75, 0.5, 0.3)  # uniform widths timed whole for the fit
 ROUND_CANDIDATES = (1, 2, 4, 8, 16, 32)
 ROUND_WINDOW = 32
+VERIFY_SPREAD = 0.0125  # a verification's ratio error goal: a quarter of its 5% tolerance
 FORMAT = 1  # bump when the table's layout or method changes: old caches are re-measured
 Masks = Mapping[int, "torch.Tensor | np.ndarray"]
 
@@ -68,9 +84,11 @@ Masks = Mapping[int, "torch.Tensor | np.ndarray"]
 class LatencySpec:
     """Where latency is measured: batch, threads, runtime and memory layout (CPU).
 
-    `repeats` is the whole-model timing count (calibration, verification,
-    reports); `layer_repeats` that of each table entry. Only batch, threads,
-    runtime and layout decide which cached table applies.
+    `repeats` is the whole-model timing count (calibration, reports, and one
+    round of a verification, which adds rounds until its ratio is known well
+    enough, at most `max_rounds`; see `measured_ratio`); `layer_repeats` that of
+    each table entry. Only batch, threads, runtime and layout decide which
+    cached table applies.
     """
 
     batch: int = 8
@@ -79,6 +97,7 @@ class LatencySpec:
     layout: str = "nchw"
     repeats: int = 20
     layer_repeats: int = 7
+    max_rounds: int = 10
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | LatencySpec | None) -> LatencySpec:
@@ -96,7 +115,7 @@ class LatencySpec:
                 kind = "a name" if text else "a whole number"
                 raise ConfigError(f"latency.{k}={v!r} must be {kind}")
         spec = cls(**config)
-        for name in ("batch", "threads", "repeats", "layer_repeats"):
+        for name in ("batch", "threads", "repeats", "layer_repeats", "max_rounds"):
             value = getattr(spec, name)
             if value < 1:
                 raise ConfigError(f"latency.{name}={value} must be a whole number >= 1")
@@ -137,6 +156,7 @@ class LatencyTable:
     round_to: int = 1
     round_scores: dict[int, float] = field(default_factory=dict)
     calibration: list[dict[str, float]] = field(default_factory=list)
+    ms_per_mac: float = 0.0  # of attention's MACs outside modules (the dense linear layers' rate)
 
     # prediction -------------------------------------------------------------
     def layer_ms(self, c_out: np.ndarray, c_in: np.ndarray) -> np.ndarray:
@@ -149,19 +169,22 @@ class LatencyTable:
         high_in = (1 - to) * t[rows, ii + 1, io] + to * t[rows, ii + 1, io + 1]
         return np.maximum((1 - ti) * low_in + ti * high_in, 0.0)
 
-    def features(self, c_out: np.ndarray, c_in: np.ndarray) -> np.ndarray:
-        """[summed layer ms, activation volume, 1]: what the coefficients multiply."""
-        layers = self.layer_ms(c_out, c_in).sum()
+    def features(
+        self, c_out: np.ndarray, c_in: np.ndarray, attention_macs: float = 0.0
+    ) -> np.ndarray:
+        """[summed layer and attention ms, activation volume, 1]: what the coefficients multiply."""
+        layers = self.layer_ms(c_out, c_in).sum() + self.ms_per_mac * attention_macs
         return np.array([layers, float((c_out * self.out_spatial).sum()), 1.0])
 
-    def predict_widths(self, c_out: np.ndarray, c_in: np.ndarray) -> float:
-        return float(np.dot(self.coef, self.features(c_out, c_in)))
+    def predict_widths(
+        self, c_out: np.ndarray, c_in: np.ndarray, attention_macs: float = 0.0
+    ) -> float:
+        return float(np.dot(self.coef, self.features(c_out, c_in, attention_macs)))
 
     def predict(self, graph: ChannelGraph, keep: Masks | None = None) -> float:
         """Predicted ms of the model that keeping `keep` (group -> bool mask) leaves."""
         self._check(graph)
-        c_out, c_in = cost_model(graph).layer_widths(keep or {})
-        return self.predict_widths(c_out, c_in)
+        return self.predict_widths(*_widths_and_attention(graph, keep or {}))
 
     def predict_plan(self, plan: Plan) -> float:
         return self.predict(plan.graph, {g: plan.keep_mask(g).numpy() for g in plan.keep})
@@ -228,15 +251,105 @@ def latency_table(
 
 
 def measured_ratio(
-    dense: nn.Module, pruned: nn.Module, example_input: torch.Tensor, spec: LatencySpec
-) -> tuple[float, dict[str, LatencyStats]]:
-    """pruned / dense median latency, timed interleaved in the spec's runtime and layout."""
+    dense: nn.Module,
+    pruned: nn.Module,
+    example_input: torch.Tensor,
+    spec: LatencySpec,
+    pruned_input: torch.Tensor | None = None,
+    spread: float = VERIFY_SPREAD,
+) -> tuple[float, RatioTiming]:
+    """pruned / dense median latency, timed interleaved until the ratio is known to `spread`.
+
+    Two timings of one model can differ by as much as a 5% verification
+    tolerance at 20 repeats on a shared machine, so a fixed count cannot tell a
+    miss from noise. Rounds of `spec.repeats` interleaved calls are added until
+    the ratio's relative standard error (a paired bootstrap over rounds: both
+    models are timed in every round) is at most `spread`, or `spec.max_rounds`
+    rounds are spent; `RatioTiming`
+    says which. The default spread is a quarter of the 5% tolerance, so two
+    standard errors are half of it. `pruned_input`: the pruned model's own
+    input when its size differs (resolution pruning).
+    """
     x = _batch_of(example_input, spec.batch)
-    stats = compare_in_runtime(
-        {"dense": dense, "pruned": pruned}, {"dense": x, "pruned": x}, spec.runtime,
-        spec.threads, spec.repeats, channels_last=_layouts(spec, ("dense", "pruned")),
-    )  # fmt: skip
-    return stats["pruned"].median_ms / stats["dense"].median_ms, stats
+    xp = x if pruned_input is None else _batch_of(pruned_input, spec.batch)
+    cap = spec.max_rounds * spec.repeats
+    layout = spec.layout == "channels_last"
+    runners = {"dense": make_runner(dense, x, spec.runtime, spec.threads, layout),
+               "pruned": make_runner(pruned, xp, spec.runtime, spec.threads, layout)}  # fmt: skip
+    samples: dict[str, list[float]] = {"dense": [], "pruned": []}
+    warmup = 3
+    with _gc_paused():
+        while True:
+            rounds = time_callables(runners, spec.repeats, warmup, spec.threads)
+            warmup = 0
+            for name in samples:
+                samples[name].extend(rounds[name].samples_ms)
+            error = _ratio_spread(np.array(samples["dense"]), np.array(samples["pruned"]))
+            if error <= spread or len(samples["dense"]) >= cap:
+                break
+    stats = {name: stats_of(values, spec.threads) for name, values in samples.items()}
+    timing = RatioTiming(stats, error, len(samples["dense"]), error <= spread)
+    return stats["pruned"].median_ms / stats["dense"].median_ms, timing
+
+
+def measured_ratios(
+    dense: nn.Module,
+    example_input: torch.Tensor,
+    models: Mapping[str, tuple[nn.Module, torch.Tensor]],
+    spec: LatencySpec,
+) -> dict[str, float]:
+    """Each model's median latency over the dense model's, all timed interleaved in one session.
+
+    `models` maps a name to (model, its own example input); `spec.repeats`
+    rounds, one call of every model per round (for fitting a cost model to
+    many realisations; a verification uses `measured_ratio`).
+    """
+    timed = {"dense": dense, **{n: m for n, (m, _) in models.items()}}
+    inputs = {"dense": _batch_of(example_input, spec.batch),
+              **{n: _batch_of(x, spec.batch) for n, (_, x) in models.items()}}  # fmt: skip
+    with _gc_paused():
+        stats = compare_in_runtime(timed, inputs, spec.runtime, spec.threads, spec.repeats,
+                                   channels_last=_layouts(spec, timed))  # fmt: skip
+    base = stats["dense"].median_ms
+    return {n: stats[n].median_ms / base for n in models}
+
+
+@dataclass(frozen=True)
+class RatioTiming:
+    """How a latency ratio was timed: per-model stats, the ratio's relative standard error,
+    calls per model, and whether that error came under the goal before the cap."""
+
+    stats: dict[str, LatencyStats]
+    spread: float
+    repeats: int
+    settled: bool
+
+    def summary(self) -> dict[str, Any]:
+        return {"repeats": self.repeats, "spread": self.spread, "settled": self.settled,
+                "dense_ms": self.stats["dense"].median_ms,
+                "pruned_ms": self.stats["pruned"].median_ms}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No garbage collection inside (one collection first): it would land in a timing."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _ratio_spread(dense: np.ndarray, pruned: np.ndarray, resamples: int = 400) -> float:
+    """Relative standard error of median(pruned) / median(dense), resampling whole rounds."""
+    if len(dense) < 4:
+        return float("inf")
+    rows = np.random.default_rng(0).integers(0, len(dense), (resamples, len(dense)))
+    ratios = np.median(pruned[rows], axis=1) / np.median(dense[rows], axis=1)
+    return float(ratios.std() / (np.median(pruned) / np.median(dense)))
 
 
 # measuring ---------------------------------------------------------------------
@@ -307,6 +420,8 @@ def _measure(
         times=np.array(times, dtype=np.float64), out_spatial=np.array(spatial, np.float64),
         round_to=round_to, round_scores=scores,
     )  # fmt: skip
+    if graph.products:
+        table.ms_per_mac = _dense_ms_per_mac(table, probe)
     _calibrate(table, model, graph, spec)
     return table
 
@@ -320,8 +435,8 @@ def _calibrate(
     x = _batch_of(torch.zeros(graph.input_shape), spec.batch)
     stats = compare_in_runtime(models, dict.fromkeys(models, x), spec.runtime, spec.threads,
                                spec.repeats, channels_last=_layouts(spec, models))  # fmt: skip
-    cm = cost_model(graph)
-    feats = np.array([table.features(*cm.layer_widths(_masks(p))) for p in plans.values()])
+    feats = np.array([table.features(*_widths_and_attention(graph, _masks(p)))
+                      for p in plans.values()])  # fmt: skip
     measured = np.array([stats[f"{f}"].median_ms for f in plans])
     # A prior row pulls the layer coefficient towards 1 (the table's own times) with the
     # weight of one more observation: four noisy timings alone can zero it.
@@ -426,6 +541,24 @@ def _single_layer_onnx(layer: nn.Module, x: torch.Tensor) -> bytes:
 # helpers -----------------------------------------------------------------------
 
 
+def _widths_and_attention(graph: ChannelGraph, keep: Masks) -> tuple[np.ndarray, np.ndarray, float]:
+    """Each layer's (out, in) widths and the attention MACs outside modules, per image."""
+    cm = cost_model(graph)
+    c_out, c_in = cm.layer_widths(keep)
+    return c_out, c_in, cm.product_macs(keep) if graph.products else 0.0
+
+
+def _dense_ms_per_mac(table: LatencyTable, probe: _LayerProbe) -> float:
+    """ms per MAC (the whole batch's ms over one image's MACs) of the dense linear layers."""
+    linear = [isinstance(probe.modules[n], nn.Linear) for n in probe.layers]
+    rows = np.array(linear) if any(linear) else np.ones(len(probe.layers), dtype=bool)
+    ms = table.layer_ms(table.grid_out[:, -1], table.grid_in[:, -1])
+    macs = np.array([probe.graph.layers[n].out_spatial * probe.graph.layers[n].kernel
+                     * int(np.prod(probe.graph.layers[n].weight_shape[:2]))
+                     for n in probe.layers], dtype=np.float64)  # fmt: skip
+    return float(ms[rows].sum() / max(macs[rows].sum(), 1.0))
+
+
 def _local_median(values: np.ndarray, half: int) -> np.ndarray:
     return np.array([np.median(values[max(0, i - half) : i + half + 1])
                      for i in range(len(values))])  # fmt: skip
@@ -512,6 +645,8 @@ def _layouts(spec: LatencySpec, names: Any) -> dict[str, bool]:
 def _fingerprint(probe: _LayerProbe, spec: LatencySpec) -> str:
     versions = {"torch": torch.__version__, "format": FORMAT, "grid": GRID,
                 "calibration": CALIBRATION}  # fmt: skip
+    if probe.graph.products:  # tables of attention models before its term are re-measured
+        versions["attention"] = 1
     if spec.runtime != "torch":
         versions[spec.runtime] = getattr(__import__(spec.runtime), "__version__", "?")
     text = json.dumps([probe.describe(), spec.key(), _cpu_name(), os.cpu_count(), versions],

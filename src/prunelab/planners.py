@@ -163,7 +163,8 @@ def for_cost(
     LatencySpec or its mapping: batch, threads, runtime, layout; or a ready
     LatencyTable): plans are costed by the cached per-layer table
     (`prunelab.latency_table`), then, with `verify`, the chosen plan's model
-    is timed against the dense one and the table's target nudged (up to
+    is timed against the dense one (repeats added until the ratio's standard
+    error is a quarter of `verify_tolerance`) and the table's target nudged (up to
     `max_nudges` times) until the measured ratio is within `verify_tolerance`
     (relative) of `target`; the closest plan is returned and what was measured
     is kept in `plan.notes["latency"]`. `round_to="auto"` takes the channel
@@ -254,9 +255,11 @@ def _verified(model: nn.Module, graph: ChannelGraph, scores: Scores, search: _Co
     x = torch.zeros(graph.input_shape)
     aim, tried = target, []
     for attempt in range(max_nudges + 1):
-        ratio, _ = measured_ratio(model, prune(model, plan), x, spec)
+        ratio, timing = measured_ratio(model, prune(model, plan), x, spec,
+                                       spread=verify_tolerance / 4)  # fmt: skip
         predicted = search.costs(_counts_of(plan)) / search.base
-        tried.append({"aim": aim, "predicted": predicted, "measured": ratio, "plan": plan})
+        tried.append({"aim": aim, "predicted": predicted, "measured": ratio, "plan": plan,
+                      "timing": timing.summary()})  # fmt: skip
         if abs(ratio / target - 1) <= verify_tolerance or attempt == max_nudges:
             break
         # Divide out the table's error (measured / predicted), taken as the median over the

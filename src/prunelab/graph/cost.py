@@ -91,6 +91,11 @@ class CostModel:
         sizes = self.sizes(keep)
         return sizes[self._out], sizes[self._in]
 
+    def product_macs(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> float:
+        """MACs outside conv/linear modules (attention's projections and matmuls) per image."""
+        sizes = self.sizes(keep)
+        return float((self._prod_factor * sizes[self._prod_slots].prod(axis=1)).sum())
+
     def cost(self, keep: Mapping[int, torch.Tensor | np.ndarray]) -> PlanCost:
         sizes = self.sizes(keep)
         flops = int((self._factor * sizes[self._out] * sizes[self._in]).sum())

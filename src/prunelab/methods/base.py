@@ -49,11 +49,16 @@ class PruneTask:
     latency: dict[str, Any] | None = None
 
     def require_metric(self, method: str, *metrics: str) -> None:
-        """One clear error when this method cannot budget the task's metric."""
+        """One clear error when this method cannot budget the task's metric.
+
+        The error names the registered methods that can (their `Method.metrics`).
+        """
         if self.metric not in metrics:
+            able = sorted(n for n, cls in _METHODS.items() if self.metric in cls.metrics)
+            others = f" (metric={self.metric}: methods {', '.join(able)})" if able else ""
             raise ConfigError(
                 f"{method} budgets {' or '.join(metrics)}, not {self.metric}; "
-                f"use metric={metrics[0]} (metric=latency: methods uniform, global, random)"
+                f"use metric={metrics[0]}{others}"
             )
 
     @property
@@ -90,6 +95,8 @@ class Method:
     # True when the method trains the network itself (from scratch or from a
     # pretrained model); False when it starts from a trained model.
     trains_from_scratch: ClassVar[bool] = False
+    # The cost metrics a target may be given in (what `check` accepts).
+    metrics: ClassVar[tuple[str, ...]] = ("flops", "params", "latency")
 
     @dataclass
     class Options:

@@ -55,6 +55,18 @@ the controller's errors small despite the lag between λ and the cost. If
 training ends outside the target, the hard-mask threshold is moved from 0.5
 to the one meeting it (reported in `info`).
 
+Latency targets (`metric=latency`, beyond the paper): the controller and the
+threshold search read the hard-mask model's latency as the cached per-layer
+table predicts it (`prunelab.latency_table`), aimed by the table's error on
+the uniform plan (`methods.latency_budget`); the exported model is timed
+against the dense one and `info["latency"]` reports predicted against
+measured (a miss is reported: the masks were trained for). The loss itself
+has no cost term (the sparsity loss is on γ and β, λ is what the cost
+steers), so nothing differentiable had to become latency-based; the logged
+`expected_ratio` stays FLOPs. Pre-activation networks are refused with
+latency: their masks drop consumer inputs per layer, widths the table's
+channel groups do not describe.
+
 Implementation choice: the probabilities of a step are computed before the
 forward pass from each layer's parameters and *running* correlation (the
 batch correlation is only known once the layer has run, but a residual
@@ -64,6 +76,7 @@ through P, including through Σ_N's dependence on γ.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,11 +89,13 @@ import torch.nn as nn
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import ChannelGraph, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
+from prunelab.latency_table import LatencyTable
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.bwcp_export import finish, norms_added_together, split_norms
 from prunelab.methods.bwcp_preact import PreActNorm, describe_preact, preact_cost
 from prunelab.methods.finetune import fit, recalibrate_bn
+from prunelab.methods.latency_budget import LatencyBudget
 from prunelab.train import Callback, Trainer
 from prunelab.train import distributed as D
 
@@ -173,6 +188,7 @@ class ChannelGates:
         self.layers: list[_Layer] = []
         self.pairs: dict[str, str] = {}  # norm layer -> the convolution feeding it
         self.preact = dict(preact or {})  # pre-activation norm layers (`bwcp_preact`)
+        self.table: LatencyTable | None = None  # costs metric "latency" (set by the method)
         self.shortcuts = shortcuts
         self.skipped: list[str] = []
         for name in names:
@@ -380,8 +396,16 @@ class ChannelGates:
         return torch.stack(terms).sum()
 
     def hard_ratio(self, metric: str, threshold: float | None = None) -> float:
-        """Cost of the hard-mask model as a fraction of the dense model's."""
+        """Cost of the hard-mask model as a fraction of the dense model's.
+
+        "latency" is the latency table's prediction (post-activation networks only).
+        """
         masks = self.hard_unit_masks(threshold)
+        if metric == "latency":
+            if self.table is None or self.preact:
+                raise ConfigError("bwcp: a latency ratio needs the latency table of a "
+                                  "post-activation network")  # fmt: skip
+            return self.table.predict(self.graph, masks) / self.table.dense_ms(self.graph)  # type: ignore[arg-type]
         if self.preact:
             cost = preact_cost(self.graph, self.preact, masks, self.shortcuts)[metric]
         else:
@@ -689,9 +713,10 @@ class BWCP(Method):
     summary = "batch whitening + Gumbel-softmax channel masks from activation probabilities"
     trains_from_scratch = True
     Options = BWCPOptions
+    metrics = ("flops", "params", "latency")  # latency: see the module docstring
 
     def check(self, task: PruneTask) -> None:
-        task.require_metric("bwcp", "flops", "params")
+        task.require_metric(self.name, *self.metrics)
 
     def run(self, task: PruneTask) -> PruneResult:
         self.check(task)
@@ -703,11 +728,26 @@ class BWCP(Method):
             raise InfeasibleBudgetError(f"target must be a fraction in (0, 1], got {task.target}")
         x = task.example_input
         model = task.model.cpu()
-        gates = prepare(model, x, opts)
-        target = task.target if opts.target_control else None
+        budget = None
+        dense = copy.deepcopy(model).eval() if task.metric == "latency" else None
+        gates = prepare(model, x, opts)  # converts `model` in place
+        if dense is not None:  # the table of the model as given
+            if gates.preact:
+                raise ConfigError("bwcp with metric=latency needs a post-activation network "
+                                  "(conv -> norm -> ReLU); use metric=flops")  # fmt: skip
+            budget = LatencyBudget(dense, trace(dense, x), task, shortcuts=opts.shortcuts)
+            gates.table = budget.table
+        aim = budget.aim if budget is not None else task.target
+        target = aim if opts.target_control else None
         cb = BWCPCallback(gates, opts, target, task.metric)
         model, history, final = fit(task, model, "bwcp", [cb])
-        result = finish(task, model, gates, cb, opts, history, final)
+        result = finish(task, model, gates, cb, opts, history, final, aim)
+        if budget is not None and dense is not None:  # trained for: timed, not nudged
+            table_ratio = result.info["final_ratio"]
+            result.info["achieved_latency"] = budget.verify(
+                dense, result.model.eval(), table_ratio * budget.error
+            )
+            result.info["latency"] = {**budget.notes, "table_ratio": table_ratio}
         if opts.finetune_epochs > 0:  # BWCP*: the exported plain model fine-tuned
             lr = task.train.lr if opts.finetune_lr is None else opts.finetune_lr
             tuned, more, final_ft = fit(

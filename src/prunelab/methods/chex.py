@@ -20,6 +20,16 @@ current sub-model; every `interval` epochs (or steps) up to T_max:
 After T_max (delta = 0 there) the mask is frozen; after training the model is
 physically pruned and checked to compute exactly what the masked model did.
 The maths lives in `chex_selection.py`.
+
+The budget may be FLOPs, params or latency (`metric=latency`, an extension:
+the paper budgets FLOPs). Latency is costed by the cached per-layer table
+(`prunelab.latency_table`) from each candidate allocation's kept widths,
+never by timing candidates; the table's target is aimed by its error on this
+machine, measured once before training on the uniform plan at the target
+(`methods.latency_budget`). After training the pruned model is timed against
+the dense one and `info["latency"]` reports predicted against measured. A
+miss cannot be nudged then (the allocation was trained for; changing it
+would need more training), so it is reported, not corrected.
 """
 
 from __future__ import annotations
@@ -39,10 +49,12 @@ from prunelab.graph import ChannelGraph, ChannelMask, Group, Member, prune, trac
 from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.graph.plan import add_survivors
 from prunelab.graph.selfcheck import tensors_of
+from prunelab.latency_table import LatencyTable
 from prunelab.methods import chex_features as feat
 from prunelab.methods import chex_selection as sel
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
+from prunelab.methods.latency_budget import LatencyBudget
 from prunelab.metrics import count
 from prunelab.models.detection_core import tensor_program
 from prunelab.train import Callback, Trainer
@@ -169,11 +181,22 @@ class ChexCallback(Callback):
     """The prune-regrow schedule on the shared Trainer (see the module docstring)."""
 
     def __init__(
-        self, graph: ChannelGraph, target: float, metric: str, options: ChexOptions, seed: int = 0
+        self,
+        graph: ChannelGraph,
+        target: float,
+        metric: str,
+        options: ChexOptions,
+        seed: int = 0,
+        table: LatencyTable | None = None,
     ) -> None:
+        """`table`: the latency table that costs allocations when `metric` is "latency"."""
+        if metric == "latency" and table is None:
+            raise ConfigError("chex: a latency budget needs the model's latency table")
         self.graph, self.target, self.metric, self.opts, self.seed = (
             graph, target, metric, options, seed)  # fmt: skip
+        self.table = table
         self.base = base_cost(graph)
+        self.dense_ms = table.dense_ms(graph) if table is not None else 0.0
         self.mask: ChannelMask | None = None
         self.memory: WeightMemory | None = None
         self.groups: list[int] = []
@@ -441,6 +464,8 @@ class ChexCallback(Callback):
         return alloc, cost_of
 
     def _cost(self, masks: dict[int, torch.Tensor]) -> float:
+        if self.table is not None and self.metric == "latency":
+            return self.table.predict(self.graph, masks) / self.dense_ms
         return cost_of_masks(self.graph, masks)[self.metric] / self.base[self.metric]
 
     def _top(self, scores: torch.Tensor, among: torch.Tensor, n: int) -> torch.Tensor:
@@ -530,7 +555,7 @@ class Chex(Method):
         o.interval = int(o.interval)
 
     def check(self, task: PruneTask) -> None:
-        task.require_metric("chex", "flops", "params")
+        task.require_metric(self.name, *self.metrics)
 
     def run(self, task: PruneTask) -> PruneResult:
         self.check(task)
@@ -541,7 +566,12 @@ class Chex(Method):
         model = task.model.cpu().eval()
         x = task.example_input
         graph = trace(model, x)
-        cb = ChexCallback(graph, task.target, task.metric, self.options, seed=task.seed)
+        budget = None
+        if task.metric == "latency":  # aimed by the table's error on the uniform plan
+            budget = LatencyBudget(model, graph, task, shortcuts=self.options.shortcuts)
+        cb = ChexCallback(graph, budget.aim if budget else task.target, task.metric,
+                          self.options, seed=task.seed,
+                          table=budget.table if budget else None)  # fmt: skip
         model, history, final = fit(task, model, "chex", [cb])
         pruned, check = surgery(cb, model, _check_batch(task, x))
         dense, small = count(model, x), count(pruned, x)
@@ -558,6 +588,10 @@ class Chex(Method):
             "update_seconds": cb.update_seconds, "masked_vs_pruned_max_diff": check,
             "final": final, "options": dict(vars(self.options)),
         }  # fmt: skip
+        if budget is not None and cb.mask is not None:  # trained for: timed, not nudged
+            predicted = budget.predicted_ratio(cb.mask.masks)
+            info["achieved_latency"] = budget.verify(model.cpu(), pruned.cpu(), predicted)
+            info["latency"] = {**budget.notes, "table_ratio": budget.table_ratio(cb.mask.masks)}
         return PruneResult(pruned, history, info)
 
 

@@ -63,6 +63,7 @@ from prunelab.graph.plan import round_keep
 from prunelab.io import load, save
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.dwr_cost import CostModel, fit_cost, maximize_under_cost, solve_dimension
+from prunelab.methods.dwr_latency import build_for_latency, latency_cost
 from prunelab.methods.dwr_model import (
     DIMS,
     FullPolynomial,
@@ -180,7 +181,9 @@ class Collector:
         return {"arch": arch, "target": self.task.target, "rounds": o.rounds,
                 "round_epochs": o.round_epochs, "round_lr": o.round_lr,
                 "eval_split": self.eval_split, "seed": self.task.seed,
-                "base_flops": self.base.flops, "pixels": self.r0, "cost": o.cost}  # fmt: skip
+                "base_flops": self.base.flops, "pixels": self.r0, "cost": o.cost,
+                **({} if self.task.metric == "flops" else {"metric": self.task.metric}),
+                }  # fmt: skip
 
     def removable(self, model: nn.Module) -> list[str]:
         """Blocks of the original model still present (and removable) in `model`."""
@@ -429,15 +432,17 @@ class Collector:
 
     # ------------------------------------------------------------ cost model
     def realisations(
-        self, kept: int, pixels: int, keeps: Sequence[float]
-    ) -> list[tuple[float, float, float, float]]:
+        self, kept: int, pixels: int, keeps: Sequence[float], models: bool = False
+    ) -> list[tuple[Any, ...]]:
         """(d, w, r, FLOPs fraction) of the models `build` makes with `kept` blocks at `pixels`.
 
         One row per width keep; w is the kept channel fraction after rounding,
         as `width_of` measures it, and the cost is the engine's exact count.
+        `models=True` appends each realised model to its row (to be timed).
         """
         n = len(self.blocks0)
-        plan_at = self.width_planner(self.depth_model(kept), pixels, self.opts.round_to)
+        base = self.depth_model(kept)
+        plan_at = self.width_planner(base, pixels, self.opts.round_to)
         rows = []
         for keep in keeps:
             plan = plan_at(keep)
@@ -445,11 +450,17 @@ class Collector:
             total = sum(self.groups0[g.name] for g in present)
             w = sum(plan.kept(g.index) for g in present) / total if total else 1.0
             cost = plan_cost(plan).flops / self.base.flops
-            rows.append((kept / n if n else 1.0, w, pixels / self.r0, cost))
+            row = (kept / n if n else 1.0, w, pixels / self.r0, cost)
+            rows.append((*row, prune(base, plan)) if models else row)
         return rows
 
     def cost_model(self) -> CostModel:
-        """C(d, w, r) fitted to exact counts on a grid of realisations (once per task)."""
+        """C(d, w, r) fitted to exact counts on a grid of realisations (once per task).
+
+        Under a latency target, fitted to timings instead (`dwr_latency`).
+        """
+        if self._cost is None and self.task.metric == "latency":
+            self._cost = latency_cost(self)
         if self._cost is None:
             n, dims = len(self.blocks0), self.dims
             levels = np.linspace(0, 1, 7)
@@ -580,6 +591,8 @@ class DWR(Method):
         "model, constrained optimum, DBP + BN-scale + resize, fine-tune"
     )
 
+    metrics = ("flops", "latency")  # latency: an extension, see dwr_latency
+
     @dataclass
     class Options:
         # Dimensions to prune; one alone is the single-dimension baseline (no model fitted).
@@ -616,13 +629,15 @@ class DWR(Method):
         # Cache of collected points and models (None: <run_dir>/collect, or no cache).
         collect_dir: str | None = None
 
+    def check(self, task: PruneTask) -> None:
+        task.require_metric(self.name, *self.metrics)
+
     def _check(self, task: PruneTask) -> list[str]:
         o = self.options
         dims = [d for d in DIMS if d in o.dims]
         if not dims or len(dims) != len(o.dims):
             raise ConfigError(f"dims must be distinct names from {DIMS}, got {o.dims}")
-        if task.metric != "flops":
-            raise ConfigError("dwr budgets FLOPs (d * w^2 * r^2 = T); use metric=flops")
+        self.check(task)
         if not 0 < task.target <= 1:
             raise InfeasibleBudgetError(f"target must be in (0, 1], got {task.target}")
         if o.rounds < 1 or o.round_epochs < 0 or o.degree < 1 or o.rank < 1:
@@ -631,6 +646,9 @@ class DWR(Method):
             raise ConfigError(f"model must be 'separable' or 'full', got {o.model!r}")
         if o.cost not in ("measured", "paper"):
             raise ConfigError(f"cost must be 'measured' or 'paper', got {o.cost!r}")
+        if o.cost == "paper" and task.metric == "latency":
+            raise ConfigError("cost: paper (d * w^2 * r^2 = T) is a FLOPs model; with "
+                              "metric=latency use cost: measured")  # fmt: skip
         if o.tolerance <= 0:
             raise ConfigError(f"tolerance must be > 0, got {o.tolerance}")
         return dims
@@ -689,22 +707,31 @@ class DWR(Method):
                 info["optimum"]["cost"] = d * w**2 * r**2
             info["collection_ends"] = {dim: col.lowest(dim) for dim in dims}
             target_point = optimum.point
+        elif task.metric == "latency":  # the one dimension alone at the target, by C
+            j = DIMS.index(dims[0])
+            solved, _ = solve_dimension(col.cost_model(), np.ones((1, 3)), j, task.target, 0.0)
+            target_point = tuple(float(v) for v in solved[0])
         else:
             exps = {"depth": 1.0, "width": 2.0, "resolution": 2.0}
             target_point = tuple(task.target ** (1 / exps[d]) if d in dims else 1.0 for d in DIMS)  # type: ignore[assignment]
         col.say(f"target point d={target_point[0]:.3f} w={target_point[1]:.3f} "
                 f"r={target_point[2]:.3f}")  # fmt: skip
-        model, pixels, details = col.build(target_point, dims)
+        if task.metric == "latency":
+            model, pixels, details = build_for_latency(col, target_point, dims)
+        else:
+            model, pixels, details = col.build(target_point, dims)
         flops = col.flops(model, pixels)
         achieved = flops / col.base.flops
         within = abs(achieved - task.target) <= o.tolerance * task.target
+        if task.metric == "latency":
+            achieved, within = details["latency"]["measured"], details["latency"]["met"]
         if not within:
-            col.say(f"warning: final cost {achieved:.3f} of baseline FLOPs is not within "
-                    f"{o.tolerance:.0%} of the target {task.target} (blocks and pixels "
+            col.say(f"warning: final cost {achieved:.3f} of baseline {task.metric} is not "
+                    f"within tolerance of the target {task.target} (blocks and pixels "
                     "are discrete)")  # fmt: skip
         final_epochs = task.train.epochs if o.final_epochs is None else o.final_epochs
         col.say(f"final fine-tune: {final_epochs} epoch(s) at {pixels} px, "
-                f"{achieved:.3f} of baseline FLOPs")  # fmt: skip
+                f"{achieved:.3f} of baseline {task.metric}")  # fmt: skip
         model, history, final = col.finetune(model, pixels, final_epochs, "finetune")
         model.prunelab_input_size = (col.channels, pixels, pixels)
         model.prunelab_resolution = pixels  # chosen here: the command line resizes inputs to it
@@ -713,7 +740,8 @@ class DWR(Method):
         info.update({
             "chosen": {"d": d, "w": w, "r": r, "pixels": pixels, "blocks_kept": kept},
             "target_point": list(target_point),
-            "achieved_flops": achieved,
+            "achieved_flops": flops / col.base.flops,
+            **({"achieved_latency": achieved} if task.metric == "latency" else {}),
             "achieved_params": params / col.base.params,
             "within_tolerance": within,
             "finetune": final,

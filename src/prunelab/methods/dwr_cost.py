@@ -151,7 +151,7 @@ def maximize_under_cost(
     if not ok.any():
         raise InfeasibleBudgetError(
             f"no (d, w, r) within the collected range {tuple(lower)}..1 costs {target:.1%} of "
-            "the dense FLOPs; collect further (more rounds) or raise the target"
+            "the dense model's cost; collect further (more rounds) or raise the target"
         )
     values = np.where(ok, model(pts), -np.inf)
     best = int(np.argmax(values))

@@ -41,10 +41,11 @@ from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import prune, trace
 from prunelab.graph.cost import base_cost, cost_of_masks, plan_cost
 from prunelab.graph.groups import ChannelGraph, Group
-from prunelab.graph.plan import Plan, round_keep
-from prunelab.latency_table import LatencySpec, LatencyTable, latency_table, measured_ratio
+from prunelab.graph.plan import round_keep
+from prunelab.latency_table import LatencyTable
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
+from prunelab.methods.latency_budget import LatencyBudget
 from prunelab.methods.random_scoring import (
     SCORING_MODES,
     ScoringSetup,
@@ -197,48 +198,6 @@ def _check_sampling(
         raise ConfigError(f"max_draws ({draws}) must be >= candidates ({n})")
 
 
-class _LatencyBudget:
-    """A latency target for the random search: the per-layer table, aimed by its measured error.
-
-    Candidates are drawn in the table's predicted latency. Before drawing, the
-    uniform plan at the target is timed against the dense model (as
-    `planners.for_cost` verifies and nudges its own plans); the sampling window
-    is aimed at target / (measured / predicted) so the table's error on this
-    machine is divided out. Random architectures cannot be nudged one by one
-    without changing what was scored, so the winner is timed once and what was
-    measured is reported (`info["latency"]`), met or not.
-    """
-
-    def __init__(self, model: nn.Module, task: PruneTask, graph: ChannelGraph, opts: Any) -> None:
-        self.spec = LatencySpec.from_config(task.latency)
-        self.graph, self.target = graph, task.target
-        self.table = latency_table(model, graph, self.spec)
-        uniform = planners.for_cost(
-            model, graph, task.target, metric="latency", latency=self.table,
-            round_to=opts.round_to, shortcuts=opts.shortcuts, tolerance=opts.tolerance,
-        )  # fmt: skip
-        checked = uniform.notes["latency"]
-        self.error = checked["measured"] / checked["predicted"]
-        self.aim = min(1.0, task.target / self.error)
-        self.dense_ms = self.table.dense_ms(graph)
-        self.notes: dict[str, Any] = {
-            "target": task.target, "spec": self.spec.key(), "table_error": self.error,
-            "aim": self.aim, "uniform_check": {k: checked[k] for k in ("predicted", "measured")},
-        }  # fmt: skip
-
-    def predicted_ratio(self, plan: Plan) -> float:
-        return self.table.predict_plan(plan) / self.dense_ms * self.error
-
-    def verify(self, dense: nn.Module, winner: nn.Module) -> float:
-        ratio, _ = measured_ratio(dense, winner, torch.zeros(self.graph.input_shape), self.spec)
-        self.notes.update(measured=ratio,
-                          met=abs(ratio / self.target - 1) <= VERIFY_TOLERANCE)  # fmt: skip
-        return ratio
-
-
-VERIFY_TOLERANCE = 0.05  # as planners.for_cost: a timing, not a count
-
-
 @register_method
 class RandomSearchPruning(Method):
     name = "random"
@@ -315,7 +274,7 @@ class RandomSearchPruning(Method):
             )  # fmt: skip
 
     def check(self, task: PruneTask) -> None:
-        task.require_metric("random", "flops", "params", "latency")
+        task.require_metric(self.name, *self.metrics)
         opts = self.options
         if (opts.candidates > 1 or not opts.from_scratch) and task.data.holdout is None:
             raise ConfigError(
@@ -334,7 +293,13 @@ class RandomSearchPruning(Method):
         graph = trace(model.cpu(), task.example_input)
         groups = planners.select_groups(graph, opts.shortcuts)
         # timed on the CPU, as the table is
-        latency = _LatencyBudget(model, task, graph, opts) if task.metric == "latency" else None
+        # A latency budget samples in the table's prediction, aimed by its error on the uniform
+        # plan; random architectures cannot be nudged one by one without changing what was
+        # scored, so the winner is timed once and reported (info["latency"]), met or not.
+        latency = None
+        if task.metric == "latency":
+            latency = LatencyBudget(model, graph, task, opts.round_to, opts.shortcuts,
+                                    opts.tolerance)  # fmt: skip
         model.to(device)
         # Sampling needs no scores: an infeasible budget fails before slow criteria run.
         sampled = sample_architectures(

@@ -36,6 +36,7 @@ def _torch_pruning():
 @register_method
 class TorchPruningReference(Method):
     name = "torch_pruning"
+    metrics = ("flops",)
     summary = "external reference: Torch-Pruning 1.6 group-L1, one ratio per layer, fine-tune"
 
     @dataclass
@@ -48,10 +49,12 @@ class TorchPruningReference(Method):
         # channels moves in coarse steps (0.509 is the closest to 0.5 on ResNet-20)
         tolerance: float = 0.02
 
+    def check(self, task: PruneTask) -> None:
+        task.require_metric(self.name, *self.metrics)  # bisected on FLOPs
+
     def prune_to_target(self, task: PruneTask) -> tuple[nn.Module, float]:
         """The pruned model and its pruning ratio, FLOPs within tolerance of the target."""
-        if task.metric != "flops":
-            raise ConfigError("torch_pruning is bisected on FLOPs; use metric=flops")
+        self.check(task)
         tp = _torch_pruning()
         x = task.example_input
         dense = task.model.cpu().eval()

@@ -41,6 +41,7 @@ __all__ = [
     "compare_train_step",
     "measure_latency",
     "measure_train_step",
+    "stats_of",
     "time_callables",
 ]
 
@@ -89,6 +90,11 @@ def _stats(samples: list[float], threads: int) -> LatencyStats:
         threads=threads,
         samples_ms=tuple(samples),
     )
+
+
+def stats_of(samples: list[float], threads: int) -> LatencyStats:
+    """Median and percentiles of timings (ms) gathered elsewhere, e.g. over several runs."""
+    return _stats(list(samples), threads)
 
 
 @contextmanager
@@ -159,8 +165,9 @@ def _time_round_robin(
     _sync(device)
     samples: dict[str, list[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
+    if gc_was_enabled:  # a caller timing in several calls pauses it (a collection takes seconds)
+        gc.collect()
+        gc.disable()
     try:
         for round_index in range(repeats):
             shift = round_index % len(names)
