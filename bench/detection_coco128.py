@@ -72,6 +72,8 @@ def config_for(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     config["train"].update({"epochs": args.epochs, "eval_every": args.epochs, "resume": True})
     if args.steps_per_epoch:
         config["train"]["steps_per_epoch"] = args.steps_per_epoch
+    if args.target is not None:
+        config["target"] = args.target
     if arm == "uniform":
         config["method"] = {"name": "uniform", "criterion": "l1", "round_to": 8}
     config["run_dir"] = str(runs_dir(args) / arm)
@@ -88,7 +90,8 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     row = rows[0] if arm == "dense" else rows[1]
     final = summary["info"].get("final") or summary["info"].get("finetune") or {}
     record = {
-        "arm": arm, "epochs": args.epochs, "size": args.size, "map": row["top1"],
+        "arm": arm, "target": config["target"], "epochs": args.epochs, "size": args.size,
+        "map": row["top1"],
         "map50": final.get("map50"), "mask_map": final.get("mask_map"),
         "mask_map50": final.get("mask_map50"), "steps": final.get("step"),
         "flops": row["flops"], "params": row["params"],
@@ -168,6 +171,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="smoke tests only")
+    ap.add_argument("--target", type=float, default=None,
+                    help="FLOPs fraction (default: the config's 0.5)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for arm in args.arms:

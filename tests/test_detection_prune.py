@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from torchvision.ops import FrozenBatchNorm2d
 
 from prunelab import models
