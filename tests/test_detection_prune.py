@@ -9,7 +9,10 @@ from torchvision.ops import FrozenBatchNorm2d
 from prunelab import models
 from prunelab.graph import prune, trace
 from prunelab.graph.selfcheck import check_prunes, half_plan, randomize_norms
+from prunelab.metrics import count
+from prunelab.models.detection_core import tensor_program
 from prunelab.models.torchvision_catalog import build_case, torchvision_cases
+from prunelab.report.summary import measure
 
 CASES = {c.name: c for c in torchvision_cases("detection")}
 
@@ -70,3 +73,17 @@ def test_maskrcnn_resnet18_fpn_from_the_zoo_prunes_whole_and_masked_equals_prune
     names = {g.name.split(".")[0] + "." + g.name.split(".")[1] for g in graph.prunable}
     assert {"backbone.body", "backbone.fpn"} <= names
     assert any(c.startswith("roi_heads.mask_head") for g in graph.prunable for c in g.consumers)
+
+
+@pytest.mark.slow
+def test_prune_table_counts_an_rcnn_by_its_tensor_program() -> None:
+    """The whole R-CNN's MACs follow its proposals and detections; the table's must not."""
+    torch.manual_seed(0)
+    model = models.create("maskrcnn_resnet18_fpn", num_classes=3, image_size=64).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    pruned = prune(model, half_plan(trace(model, x))).eval()
+    rows = measure({"dense": model, "pruned": pruned}, {"dense": x, "pruned": x},
+                   {"dense": None, "pruned": None}, batch=1, threads=1, repeats=1)
+    for row, m in zip(rows, (model, pruned), strict=True):
+        assert row.flops == count(tensor_program(m), x).flops
+    assert rows[1].flops < 0.5 * rows[0].flops
