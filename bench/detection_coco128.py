@@ -48,6 +48,8 @@ from prunelab import io
 from prunelab.cli.config import load_yaml
 from prunelab.cli.prune_cmd import run_prune
 from prunelab.cli.train_cmd import run_train
+from prunelab.metrics import count
+from prunelab.models import create_from_arch
 from prunelab.models.detection_core import tensor_program
 
 CONFIGS = {"ssdlite": Path("configs/chex_ssdlite_coco128.yaml"),
@@ -93,7 +95,7 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
         "arm": arm, "target": config["target"], "epochs": args.epochs, "size": args.size,
         "map": row["top1"],
         "map50": final.get("map50"), "mask_map": final.get("mask_map"),
-        "mask_map50": final.get("mask_map50"), "steps": final.get("step"),
+        "mask_map50": final.get("mask_map50"), "steps": final.get("steps"),
         "flops": row["flops"], "params": row["params"],
         "latency_ms": row.get("latency_ms"), "seconds": time.perf_counter() - t0,
         "dense_latency_ms": rows[0].get("latency_ms") if arm != "dense" else None,
@@ -106,6 +108,17 @@ def run_arm(arm: str, args: argparse.Namespace) -> dict[str, Any]:
     return record
 
 
+def arm_models(args: argparse.Namespace) -> dict[str, torch.nn.Module]:
+    """The arms' saved models; without a dense arm, the untrained dense model of their recipe
+    (its network latency and FLOPs do not depend on the weights)."""
+    runs = runs_dir(args)
+    loaded = {a: io.load(runs / a / "model.pt") for a in ARMS if (runs / a / "model.pt").exists()}
+    if loaded and "dense" not in loaded:
+        arch = next(iter(loaded.values())).prunelab_arch
+        loaded = {"dense": create_from_arch(arch).eval(), **loaded}
+    return loaded
+
+
 def network_latency(args: argparse.Namespace, repeats: int = 15) -> dict[str, dict[str, float]]:
     """Median ms per image of each arm's network alone (backbone + heads) and whole detector.
 
@@ -114,9 +127,11 @@ def network_latency(args: argparse.Namespace, repeats: int = 15) -> dict[str, di
     decoding and NMS over its candidates, which depends on how many boxes pass the
     0.001 score threshold: for barely trained detectors that part varies by model.
     """
-    runs = runs_dir(args)
-    loaded = {a: io.load(runs / a / "model.pt") for a in ARMS if (runs / a / "model.pt").exists()}
+    loaded = arm_models(args)
     x = torch.rand(1, 3, args.size, args.size)
+    costs = {a: count(tensor_program(m), x) for a, m in loaded.items()}
+    (results_dir(args) / "costs.json").write_text(json.dumps(
+        {a: {"flops": c.flops, "params": c.params} for a, c in costs.items()}, indent=1))
     times: dict[str, dict[str, list[float]]] = {a: {"network": [], "detector": []} for a in loaded}
     with torch.no_grad():
         for i in range(repeats + 2):
@@ -140,6 +155,11 @@ def report(args: argparse.Namespace) -> str:
     results = results_dir(args)
     records = {a: json.loads((results / f"{a}.json").read_text())
                for a in ARMS if (results / f"{a}.json").exists()}
+    path = results / "costs.json"  # tensor-program counts (`latency`), as the planners budget
+    for arm, cost in (json.loads(path.read_text()) if path.exists() else {}).items():
+        records.setdefault(arm, {"arm": arm, "epochs": 0, "map": None, "map50": None,
+                                 "latency_ms": None, "seconds": 0.0}).update(cost)
+    records = {a: records[a] for a in ARMS if a in records}
     if "dense" in records and records["dense"].get("latency_ms") is None:
         others = [r["dense_latency_ms"] for r in records.values() if r.get("dense_latency_ms")]
         records["dense"]["latency_ms"] = min(others) if others else None
