@@ -191,6 +191,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--steps-per-epoch", type=int, default=None, help="smoke tests only")
+    ap.add_argument("--repeats", type=int, default=15, help="latency rounds")
     ap.add_argument("--target", type=float, default=None,
                     help="FLOPs fraction (default: the config's 0.5)")
     args = ap.parse_args()
@@ -199,7 +200,7 @@ def main() -> None:
         if arm == "report":
             print(report(args))
         elif arm == "latency":
-            network_latency(args)
+            network_latency(args, args.repeats)
         else:
             run_arm(arm, args)
 
