@@ -570,7 +570,7 @@ class Chex(Method):
         cb = ChexCallback(graph, task.target, task.metric, self.options, seed=task.seed)
         model, history, final = fit(task, model, "chex", [cb])
         pruned, check = surgery(cb, model, _check_batch(task, x))
-        dense, small = count(model, x), count(pruned, x)
+        dense, small = count(tensor_program(model), x), count(tensor_program(pruned), x)
         info = {
             "target": task.target, "metric": task.metric, "kappa": cb.kappa,
             "achieved_flops": small.flops / dense.flops,
