@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import FrozenBatchNorm2d
 
+from prunelab import models
 from prunelab.graph import prune, trace
-from prunelab.graph.selfcheck import half_plan, randomize_norms
+from prunelab.graph.selfcheck import check_prunes, half_plan, randomize_norms
+from prunelab.metrics import count
+from prunelab.models.detection_core import tensor_program
 from prunelab.models.torchvision_catalog import build_case, torchvision_cases
+from prunelab.report.summary import measure
 
 CASES = {c.name: c for c in torchvision_cases("detection")}
 
@@ -52,3 +57,33 @@ def test_pruned_detector_trains_one_step_and_detects(name: str) -> None:
     with torch.no_grad():
         detections = pruned(images)
     assert len(detections) == 2 and {"boxes", "labels", "scores"} <= set(detections[0])
+
+
+def test_maskrcnn_resnet18_fpn_from_the_zoo_prunes_whole_and_masked_equals_pruned() -> None:
+    """The CPU-scale Mask R-CNN (torchvision's heads on a ResNet-18-FPN) keeps the contracts."""
+    torch.manual_seed(0)
+    model = models.create("maskrcnn_resnet18_fpn", num_classes=3, image_size=64)
+    assert models.detection_task("maskrcnn_resnet18_fpn") == "instance_segmentation"
+    assert model.transform.min_size == (64,) and model.prunelab_input_size == (3, 64, 64)
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())  # all trains
+    x = torch.randn(2, 3, 64, 64)
+    result = check_prunes(randomize_norms(model), x, keep=0.5)
+    assert result.passed, result  # raw RPN, box and mask head outputs match; costs counted
+    graph = trace(model.eval(), x)
+    names = {g.name.split(".")[0] + "." + g.name.split(".")[1] for g in graph.prunable}
+    assert {"backbone.body", "backbone.fpn"} <= names
+    assert any(c.startswith("roi_heads.mask_head") for g in graph.prunable for c in g.consumers)
+
+
+@pytest.mark.slow
+def test_prune_table_counts_an_rcnn_by_its_tensor_program() -> None:
+    """The whole R-CNN's MACs follow its proposals and detections; the table's must not."""
+    torch.manual_seed(0)
+    model = models.create("maskrcnn_resnet18_fpn", num_classes=3, image_size=64).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    pruned = prune(model, half_plan(trace(model, x))).eval()
+    rows = measure({"dense": model, "pruned": pruned}, {"dense": x, "pruned": x},
+                   {"dense": None, "pruned": None}, batch=1, threads=1, repeats=1)
+    for row, m in zip(rows, (model, pruned), strict=True):
+        assert row.flops == count(tensor_program(m), x).flops
+    assert rows[1].flops < 0.5 * rows[0].flops

@@ -444,3 +444,23 @@ def test_css_on_a_mobilenet_v2_block_uses_features_and_finds_the_channel_outside
     l1 = sel.group_css_scores(feat.group_matrices("weights", group, weights, None)[0],
                               group.size, torch.arange(24), k=4)  # fmt: skip
     assert int(torch.argmin(l1)) == 0  # the reference's fallback ranks it last
+
+
+def test_round_to_keeps_every_group_a_multiple_and_still_meets_the_target():
+    # paper: exact per-layer widths; round_to=8 (not in the paper) keeps kernels fast
+    model, graph, cb = _setup(delta0=0.3, round_to=8)
+    Trainer(model, _data(), _config(epochs=3, steps=1), callbacks=[cb]).fit()
+    for e in cb.timeline[1:]:
+        assert all(k % 8 == 0 for k in e["keep"]) and all(a % 8 == 0 for a in e["alive"])
+    final = {g: cb.mask.masks[g] for g in cb.groups}
+    assert all(int(m.sum()) % 8 == 0 and m.any() for m in final.values())
+    assert cost_of_masks(graph, final).flops / base_cost(graph).flops == pytest.approx(
+        0.5, abs=0.03)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        masked = model.cpu().eval()(x)
+    pruned, _ = surgery(cb, copy.deepcopy(model), x)
+    with torch.no_grad():
+        assert torch.allclose(pruned(x), masked, atol=1e-5)
+    with pytest.raises(ConfigError, match="round_to"):
+        get_method("chex")(round_to=0)

@@ -47,7 +47,7 @@ from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError, PrunelabError
 from prunelab.graph import ChannelGraph, ChannelMask, Group, Member, prune, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
-from prunelab.graph.plan import add_survivors
+from prunelab.graph.plan import add_survivors, round_keep
 from prunelab.graph.selfcheck import tensors_of
 from prunelab.latency_table import LatencyTable
 from prunelab.methods import chex_features as feat
@@ -77,6 +77,9 @@ class ChexOptions:
     shortcuts: bool = False  # also prune residual-coupled groups, with summed layer scores
     kappa: float | None = None  # fixed channel sparsity instead of the cost target
     min_channels: int = 1  # fewest units a pruned group keeps
+    # Kept counts rounded to a multiple (8, 16) for fast kernels; 1 = the paper's exact
+    # per-layer widths. Not in the paper: with it, the budget search moves in multiples.
+    round_to: int = 1
     init_criterion: str = "l1"  # ranks the initial uniform mask
     # Matrix CSS and the regrow orthogonality read (chex_features): "auto" the weights where
     # they have more rows than channels, else feature maps; "weights" the paper's reference
@@ -244,7 +247,7 @@ class ChexCallback(Callback):
         for gi in self.groups:
             g = self.graph.groups[gi]
             s = score(self.opts.init_criterion, model, g)
-            n = max(self.opts.min_channels, round(keep * g.size))
+            n = self._rounded(keep * g.size, g.size)
             new[gi] = self._mask_of(g, self._top(s, torch.arange(g.size), n), s)
         self._set_masks(new, trainer)
         self._record(0, trainer, self.opts.delta0, None, None)
@@ -260,7 +263,7 @@ class ChexCallback(Callback):
             masks = {}
             for gi, size in sizes.items():
                 m = torch.zeros(size, dtype=torch.bool)
-                m[: max(self.opts.min_channels, round(frac * size))] = True
+                m[: self._rounded(frac * size, size)] = True
                 masks[gi] = m
             return self._cost(masks)
 
@@ -328,7 +331,10 @@ class ChexCallback(Callback):
         self.memory.remember(self.mask.masks)
         delta = sel.delta_at(t, self.t_max, self.opts.delta0)
         alloc, cost_of = self._allocation()
-        counts, total = alloc.counts, alloc.total
+        total, step = alloc.total, self._steps(alloc.sizes)
+
+        def counts(n: int) -> torch.Tensor:
+            return self._rounded_counts(alloc.counts(n), alloc.sizes)
         if self.opts.kappa is not None:
             n_prune = round(self.opts.kappa * total)
         else:
@@ -341,7 +347,8 @@ class ChexCallback(Callback):
         keep_counts = counts(n_prune)
         if self.opts.kappa is None:  # land within 1% of the target, not just under it
             keep_counts = sel.refine_counts(
-                keep_counts, alloc.order[:n_prune].flip(0), alloc.sizes, cost_of, self.target
+                keep_counts, alloc.order[:n_prune].flip(0), alloc.sizes, cost_of, self.target,
+                step=step,
             )
         alive_counts = torch.maximum(counts(max(0, n_prune - round(delta * total))), keep_counts)
         if self.opts.regrow == "none":  # gradual pruning: the same cost path, nothing returns
@@ -353,7 +360,7 @@ class ChexCallback(Callback):
 
             n_cut = min(total, sel.smallest_within(lambda n: cost_of(capped(n)), total, goal))
             keep_counts = alive_counts = sel.refine_counts(
-                capped(n_cut), alloc.order[:n_cut].flip(0), alive, cost_of, goal
+                capped(n_cut), alloc.order[:n_cut].flip(0), alive, cost_of, goal, step=step
             )
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
         sub, revived = self._features(trainer.model, t)
@@ -442,6 +449,23 @@ class ChexCallback(Callback):
         for g, m in self.mask.masks.items():
             self.ever_alive[g] = self.ever_alive.get(g, m) | m
         self.alive_flops = cost_of_masks(self.graph, self.mask.masks).flops / self.base.flops
+
+    # ------------------------------------------------------------ rounding
+    def _rounded(self, n: float, size: int) -> int:
+        """A kept count: at least `min_channels`, a multiple of `round_to` where it fits."""
+        return round_keep(max(self.opts.min_channels, round(n)), size, self.opts.round_to)
+
+    def _rounded_counts(self, counts: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        if self.opts.round_to <= 1:
+            return counts
+        pairs = zip(counts.tolist(), sizes.tolist(), strict=True)
+        return torch.tensor([self._rounded(c, s) for c, s in pairs])
+
+    def _steps(self, sizes: torch.Tensor) -> torch.Tensor:
+        """Per layer, how many units one refinement step gives back (a group smaller than
+        `round_to` is never rounded, so it moves by one)."""
+        r = self.opts.round_to
+        return torch.where(sizes >= r, torch.full_like(sizes, max(1, r)), torch.ones_like(sizes))
 
     # ------------------------------------------------------------ scoring
     def _allocation(self) -> tuple[sel.Allocation, Callable[[torch.Tensor], float]]:
@@ -546,6 +570,8 @@ class Chex(Method):
             raise ConfigError(f"chex temperature={o.temperature}: must be > 0")
         if o.min_channels < 1:
             raise ConfigError(f"chex min_channels={o.min_channels}: must be >= 1")
+        if isinstance(o.round_to, bool) or not isinstance(o.round_to, int) or o.round_to < 1:
+            raise ConfigError(f"chex round_to={o.round_to!r}: a whole number >= 1 (1: no rounding)")
         if o.css_source not in feat.SOURCES:
             raise ConfigError(
                 f"chex css_source={o.css_source!r}: use one of {', '.join(feat.SOURCES)}"
@@ -574,7 +600,7 @@ class Chex(Method):
                           table=budget.table if budget else None)  # fmt: skip
         model, history, final = fit(task, model, "chex", [cb])
         pruned, check = surgery(cb, model, _check_batch(task, x))
-        dense, small = count(model, x), count(pruned, x)
+        dense, small = count(tensor_program(model), x), count(tensor_program(pruned), x)
         info = {
             "target": task.target, "metric": task.metric, "kappa": cb.kappa,
             "achieved_flops": small.flops / dense.flops,

@@ -240,6 +240,7 @@ def refine_counts(
     goal: float,
     tolerance: float = 0.01,
     tries: int = 512,
+    step: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Give units back, layer by layer in `prefer` order, until the cost is within tolerance.
 
@@ -247,7 +248,8 @@ def refine_counts(
     1%; so from an allocation under `goal`, the best-scoring pruned units (the
     last ones below the quantile, listed in `prefer` by layer) come back one
     at a time while the cost stays under goal * (1 + tolerance). Counts never
-    exceed `cap`.
+    exceed `cap`. `step` (per layer) gives back that many units at once, so
+    counts rounded to a multiple stay multiples (or reach `cap`).
     """
     counts = counts.clone()
     cost = cost_of(counts)
@@ -256,10 +258,12 @@ def refine_counts(
             break
         if counts[layer] >= cap[layer]:
             continue
-        counts[layer] += 1
+        before = int(counts[layer])
+        grow = 1 if step is None else int(step[layer])
+        counts[layer] = min(before + grow, int(cap[layer]))
         trial = cost_of(counts)
         if trial <= goal * (1 + tolerance):
             cost = trial
         else:
-            counts[layer] -= 1
+            counts[layer] = before
     return counts

@@ -5,8 +5,9 @@ builder function (the timm pattern): the decorator records the builder and
 the model's natural input size and class count, nothing else. Any
 torchvision classification model is available under its torchvision name,
 and so is every torchvision detection model (SSD, SSD-lite, RetinaNet, FCOS,
-Faster/Mask R-CNN, built with `weights_backbone=None`; `image_size=S` makes
-its transform resize every image to S x S, and travels in the recipe).
+Faster/Mask R-CNN, built with `weights_backbone=None`; and Mask R-CNN on
+ResNet-18/34-FPN, `models.rcnn_variants`); `image_size=S` makes its transform
+resize every image to S x S, and travels in the recipe).
 A name that exists in torchvision always means the torchvision model, so our
 CIFAR variants of colliding names carry a ``cifar_`` prefix. ``timm/NAME`` is
 timm's model NAME (the optional `timm` extra, `prunelab.models.timm_models`).
@@ -26,7 +27,7 @@ import torch.nn as nn
 import torchvision
 
 from prunelab.errors import ConfigError, UnknownNameError
-from prunelab.models import timm_models
+from prunelab.models import rcnn_variants, timm_models
 
 __all__ = [
     "check_name",
@@ -63,7 +64,9 @@ def _torchvision_names() -> frozenset[str]:
 
 @cache
 def _detection_names() -> frozenset[str]:
-    return frozenset(torchvision.models.list_models(module=torchvision.models.detection))
+    """torchvision's detectors and the smaller-backbone Mask R-CNNs built from its parts."""
+    tv = torchvision.models.list_models(module=torchvision.models.detection)
+    return frozenset(tv) | frozenset(rcnn_variants.BUILDERS)
 
 
 def detection_task(name: str) -> str | None:
@@ -209,8 +212,11 @@ def _create_detection(name: str, num_classes: int, kwargs: dict[str, Any]) -> nn
     size = kwargs.pop("image_size", None)
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 32):
         raise ConfigError(f"image_size={size!r} must be a whole number of pixels >= 32")
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
-                                         num_classes=num_classes, **kwargs)
+    if name in rcnn_variants.BUILDERS:
+        model = rcnn_variants.BUILDERS[name](num_classes=num_classes, **kwargs)
+    else:
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None,
+                                             num_classes=num_classes, **kwargs)
     if size is not None:
         transform = model.transform
         transform.min_size, transform.max_size = (size,), size

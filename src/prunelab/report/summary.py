@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from prunelab.metrics import compare_latency, count
+from prunelab.models.detection_core import tensor_program
 from prunelab.runtimes import compare_in_runtime
 
 
@@ -72,11 +73,17 @@ def measure(
         cl = stats[f"{label}/cl"].median_ms if f"{label}/cl" in stats else math.inf
         layout, ms = ("channels_last", cl) if cl < nchw else ("NCHW", nchw)
         base_ms = ms if base_ms is None else base_ms
-        cost = count(model, inputs[label])
+        cost = _cost(model, inputs[label])
         rows.append(
             ModelStats(label, top1.get(label), cost.flops, cost.params, ms, layout, base_ms / ms)
         )
     return rows
+
+
+def _cost(model: nn.Module, x: torch.Tensor) -> Any:
+    """FLOPs and params; a detector's FLOPs are those of its tensor program (what planners
+    budget): the whole R-CNN's depend on how many proposals and detections an image gives."""
+    return count(tensor_program(model), x)
 
 
 def _measure_in_runtime(
@@ -92,7 +99,7 @@ def _measure_in_runtime(
     stats = compare_in_runtime(models, batches, runtime, threads, repeats)
     rows = []
     for label, model in models.items():
-        cost = count(model, inputs[label])
+        cost = _cost(model, inputs[label])
         rows.append(ModelStats(label, top1.get(label), cost.flops, cost.params,
                                stats[label].median_ms, runtime, stats[label].speedup))  # fmt: skip
     return rows
