@@ -85,6 +85,7 @@ def run(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     model, dense = dense_model(args, d)
     if arm == "dense":
         return dense
+    dense_top1 = accuracy(model, d.test)  # on this call's test images
     x = torch.zeros(1, 3, 32, 32)
     base = prunelab.count(model, x)
     task = PruneTask(model, d, target=TARGET, train=recipe(args, arm, args.final_epochs),
@@ -97,7 +98,9 @@ def run(args: argparse.Namespace, arm: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = get_method(arm if arm == "dwr" else "uniform")(**options).run(task)
     pruned = result.model.eval()
-    size = getattr(pruned, "prunelab_input_size", (3, 32, 32))
+    # DWR's chosen side; not prunelab_input_size, which torchvision models set to 224
+    pixels = getattr(pruned, "prunelab_resolution", None) or 32
+    size = (3, pixels, pixels)
     small = prunelab.count(pruned, torch.zeros(1, *size))
     with_res = d.resolution
     d.set_resolution(size[1])
@@ -108,7 +111,7 @@ def run(args: argparse.Namespace, arm: str) -> dict[str, Any]:
             "width_keep", "achieved_flops", "within_tolerance", "masked_vs_pruned_max_diff",
             "collection", "accuracy_model", "plan_ratios", "achieved")  # fmt: skip
     return {
-        "arm": arm, "arch": ARCH, "top1": top1, "dense_top1": dense["top1"],
+        "arm": arm, "arch": ARCH, "top1": top1, "dense_top1": dense_top1, "test_images": args.test,
         "flops": small.flops / base.flops, "params": small.params / base.params,
         "input_size": list(size), "options": options,
         "final_steps": args.final_epochs * args.steps,
