@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from prunelab.errors import ConfigError
 
-__all__ = ["Block", "analyze_block", "find_removable_blocks", "remove_blocks"]
+__all__ = ["Block", "analyze_block", "find_removable_blocks", "remove_blocks", "zero_branches"]
 
 _ADDS = (operator.add, operator.iadd, torch.add)
 _RELU_FUNCS = {torch.relu: "relu", F.relu: "relu", torch.relu_: "relu", F.relu6: "relu6"}
@@ -211,4 +211,36 @@ def remove_blocks(model: nn.Module, names: Iterable[str], inplace: bool = False)
     target = model if inplace else copy.deepcopy(model)
     for name in names:
         target.set_submodule(name, nn.Identity())
+    return target
+
+
+_NORMS = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+@torch.no_grad()
+def zero_branches(
+    model: nn.Module, names: Iterable[str], example_input: torch.Tensor
+) -> nn.Module:
+    """A copy of `model` whose named blocks keep their modules but add a zero branch.
+
+    The masked counterpart of `remove_blocks`: the last norm layer of each
+    block (in module order; the branch's closing BN in the zoo's and
+    torchvision's blocks) gets scale and shift 0, so the block computes
+    post(x). Checked on `example_input`: ConfigError names a block whose
+    branch does not end in that norm layer.
+    """
+    names = list(dict.fromkeys(names))
+    target = copy.deepcopy(model).eval()
+    for name in names:
+        norms = [m for m in target.get_submodule(name).modules() if isinstance(m, _NORMS)]
+        if not norms or norms[-1].weight is None:
+            raise ConfigError(f"block {name!r} has no affine norm layer to zero its branch with")
+        norms[-1].weight.zero_()
+        norms[-1].bias.zero_()
+    posts = {b.name: b.post for b in find_removable_blocks(model)}
+    for name, (x, y) in _block_io(target, names, example_input).items():
+        post = {"relu": F.relu, "relu6": F.relu6}.get(posts.get(name) or "", lambda t: t)
+        if not torch.allclose(y, post(x), rtol=1e-5, atol=1e-6):
+            raise ConfigError(f"block {name!r}: zeroing its last norm layer does not zero its "
+                              "branch")  # fmt: skip
     return target

@@ -31,7 +31,7 @@ from prunelab.graph.plan import Plan
 from prunelab.graph.surgery import prune
 from prunelab.graph.trace import trace
 
-__all__ = ["find_dense_layers", "removable_tail", "remove_dense_layers"]
+__all__ = ["find_dense_layers", "removable_tail", "remove_dense_layers", "zero_dense_layers"]
 
 _CATS = (torch.cat, torch.concat)
 
@@ -124,4 +124,21 @@ def remove_dense_layers(
     target = prune(model, plan)
     for name in names:
         target.set_submodule(name, nn.Identity())
+    return target
+
+
+@torch.no_grad()
+def zero_dense_layers(
+    model: nn.Module, names: Iterable[str], example_input: torch.Tensor
+) -> nn.Module:
+    """A copy of `model` with every slice of the named layers' channels set to zero.
+
+    The masked counterpart of `remove_dense_layers`: the layers stay, but their
+    filters, norm parameters and every consumer's columns of their channels are 0.
+    """
+    graph = trace(model, example_input)
+    target = copy.deepcopy(model).eval()
+    for name in dict.fromkeys(names):
+        for m in _group_of_layer(graph, name).members:
+            getattr(target.get_submodule(m.module), m.param).index_fill_(m.dim, m.positions, 0.0)
     return target

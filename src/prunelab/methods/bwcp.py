@@ -442,10 +442,19 @@ def expected_cost(graph: ChannelGraph, keep_prob: dict[int, torch.Tensor]) -> di
 
 @dataclass
 class BWCPOptions:
-    """BWCP options; defaults are the paper's CIFAR-10 values."""
+    """BWCP options; defaults are the paper's CIFAR-10 values, except the λ1/λ2 ordering.
 
-    lambda1: float = 4e-5  # weight of Σ|γ| (CIFAR-100: 7e-6, ImageNet: 7e-5)
-    lambda2: float = 8e-5  # weight of Σβ (CIFAR-100: 1.4e-5, ImageNet: 3.5e-5)
+    The paper disagrees with itself: appendix B.2 gives λ1 < λ2 on CIFAR-10
+    (4e-5, 8e-5), §4.4 asks for λ1 = 2-3 λ2. One short run each way (ResNet-20,
+    CIFAR-10 JPEG, 50% FLOPs target, 80 steps; bench/results/bwcp_archs.md) gave
+    28.10% for λ1 = 2 λ2 (8e-5, 4e-5) against 27.55% for B.2's values, so the
+    default is §4.4's ordering; the gap is within the noise of so short a run.
+    B.2's ordering stays selectable (lambda1=4e-5, lambda2=8e-5; the shipped
+    paper-recipe configs set it explicitly).
+    """
+
+    lambda1: float = 8e-5  # weight of Σ|γ| (B.2: 4e-5; CIFAR-100: 7e-6, ImageNet: 7e-5)
+    lambda2: float = 4e-5  # weight of Σβ (B.2: 8e-5; CIFAR-100: 1.4e-5, ImageNet: 3.5e-5)
     warmup_epochs: float = 0.0  # epochs trained without the sparsity loss (ImageNet: 20)
     delta: float = 0.05  # activation threshold in P = P(γ̂ z + β̂ > δ)
     temperature: float = 0.5  # Gumbel-softmax temperature

@@ -39,6 +39,7 @@ same final fine-tune.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -55,10 +56,15 @@ from prunelab import planners
 from prunelab.atomic import atomic_write_text
 from prunelab.data import DataBundle, Loader
 from prunelab.errors import ConfigError, InfeasibleBudgetError
-from prunelab.graph import Plan, prune, trace
-from prunelab.graph.blocks import find_removable_blocks, remove_blocks
+from prunelab.graph import ChannelMask, Plan, prune, trace
+from prunelab.graph.blocks import find_removable_blocks, remove_blocks, zero_branches
 from prunelab.graph.cost import base_cost, plan_cost
-from prunelab.graph.dense_layers import find_dense_layers, removable_tail, remove_dense_layers
+from prunelab.graph.dense_layers import (
+    find_dense_layers,
+    removable_tail,
+    remove_dense_layers,
+    zero_dense_layers,
+)
 from prunelab.graph.plan import round_keep
 from prunelab.io import load, save
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
@@ -214,6 +220,41 @@ class Collector:
             order.append(pick)
             left.remove(pick)
         return order
+
+    def masked(self, names: Sequence[str]) -> nn.Module:
+        """The trained model with the named depth units zeroed in place of removed."""
+        x = self._input(self.r0)
+        dense = [n for n in names if n in self.dense0]
+        model = zero_dense_layers(self.model0, dense, x) if dense else self.model0
+        residual = [n for n in names if n not in self.dense0]
+        return zero_branches(model, residual, x) if residual else model
+
+    @torch.no_grad()
+    def masked_vs_pruned(
+        self, removed: Sequence[str], depth: nn.Module, plan: Plan | None, pruned: nn.Module,
+        pixels: int,
+    ) -> float:
+        """Largest relative output difference of the pruned model from its masked counterpart.
+
+        Two steps, each an exact equality: the depth-pruned model against the trained
+        one with those units zeroed, and the width-pruned model against the
+        depth-pruned one with the plan's channel masks applied; both at `pixels`.
+        """
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(4, self.channels, pixels, pixels, generator=g)
+        pairs = [(self.masked(removed).eval(), depth.eval())]
+        if plan is not None:
+            masked = copy.deepcopy(depth).eval()
+            mask = ChannelMask(masked, plan.graph)
+            for g in plan.keep:
+                mask.set(g, plan.keep_mask(g))
+            mask.apply()
+            pairs.append((masked, pruned.eval()))
+        diff = 0.0
+        for a, b in pairs:
+            ya, yb = a(x), b(x)
+            diff = max(diff, float((ya - yb).abs().max() / ya.abs().max().clamp_min(1e-12)))
+        return diff
 
     def width_of(self, model: nn.Module, pixels: int) -> float:
         """Kept fraction of channels over the original prunable groups still present."""
@@ -559,7 +600,8 @@ class Collector:
         pixels = min(self.r0, max(1, round(r * self.r0))) if "resolution" in dims else self.r0
         if dims == ["depth"]:
             kept = min(range(n + 1), key=lambda k: abs(self.flops(depth_model(k), self.r0) - goal))
-        model = depth_model(kept)
+        model = depth = depth_model(kept)
+        plan = None
         if "width" in dims:
             if "resolution" in dims:  # depth and resolution alone already too cheap: widen r
                 while pixels < self.r0 and self.flops(model, pixels) < goal * (
@@ -572,6 +614,9 @@ class Collector:
         elif "resolution" in dims:
             pixels = self._closest_pixels(model, goal)
         details["removed_blocks"] = order[: n - kept]
+        details["masked_vs_pruned_max_diff"] = self.masked_vs_pruned(
+            details["removed_blocks"], depth, plan, model, pixels
+        )
         model.prunelab_input_size = (self.channels, pixels, pixels)
         return model, pixels, details
 
