@@ -79,3 +79,21 @@ def test_infeasible_and_bad_targets_are_clear_errors(resnet56) -> None:
         planners.uniform(model, graph, 0.0)
     with pytest.raises(ConfigError, match="no group named"):
         planners.per_group(model, graph, {"nope": 0.5})
+
+
+def test_shortcuts_false_leaves_only_residual_groups_whole_on_a_squeeze_excitation_net() -> None:
+    """EfficientNet-B0's SE gates and depthwise convs couple its expanded channels too; only
+    the residual streams stay whole, so a 50% FLOPs plan is reachable (it was not: 77.7%)."""
+    from prunelab.graph.groups import is_residual
+
+    model = models.create("efficientnet_b0", num_classes=10).eval()
+    graph = trace(model, torch.zeros(1, 3, 32, 32))
+    coupled = [g for g in graph.prunable if g.coupled]
+    residual = [g for g in coupled if is_residual(graph, g)]
+    assert len(residual) == 5 < len(coupled)  # 5 residual streams among 21 coupled groups
+    chosen = {g.index for g in planners.select_groups(graph, shortcuts=False)}
+    assert chosen == {g.index for g in graph.prunable} - {g.index for g in residual}
+    plan = planners.for_cost(model, graph, 0.5, metric="flops", shortcuts=False)
+    ratio = plan_cost(plan)["flops"] / base_cost(graph)["flops"]
+    assert abs(ratio - 0.5) < 0.01
+    assert all(len(plan.keep.get(g.index, range(g.size))) == g.size for g in residual)

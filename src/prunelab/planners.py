@@ -25,7 +25,7 @@ import torch.nn as nn
 from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph.cost import cost_model
-from prunelab.graph.groups import ChannelGraph, Group
+from prunelab.graph.groups import ChannelGraph, Group, is_residual
 from prunelab.graph.plan import Plan, add_survivors, round_keep
 from prunelab.latency_table import LatencySpec, LatencyTable, latency_table, measured_ratio
 
@@ -35,12 +35,13 @@ Scores = dict[int, torch.Tensor]
 def select_groups(
     graph: ChannelGraph, shortcuts: bool = True, groups: Iterable[int] | None = None
 ) -> list[Group]:
-    """Prunable groups to plan over; `shortcuts=False` leaves residual-coupled groups whole."""
+    """Prunable groups to plan over; `shortcuts=False` leaves residual-coupled groups whole
+    (not the groups a squeeze-excitation gate or a depthwise conv couples: `is_residual`)."""
     chosen = graph.prunable if groups is None else [graph.groups[i] for i in groups]
     for g in chosen:
         if not g.prunable:
             raise ConfigError(f"group {g.index} ({g.name}) may not be pruned: {g.reason}")
-    return [g for g in chosen if shortcuts or not g.coupled]
+    return [g for g in chosen if shortcuts or not is_residual(graph, g)]
 
 
 def score_groups(

@@ -95,6 +95,7 @@ class Group:
         """True when several independent producers are tied, e.g. by a residual add."""
         return self.sources > 1
 
+
     def members_of(self, role: Role, param: str | None = None) -> list[Member]:
         return [m for m in self.members if m.role == role and (param is None or m.param == param)]
 
@@ -171,3 +172,21 @@ class ChannelGraph:
             f"ChannelGraph({len(self.groups)} groups, {len(self.prunable)} prunable, "
             f"{len(self.layers)} conv/linear layers)"
         )
+
+
+def is_residual(graph: ChannelGraph, group: Group) -> bool:
+    """True when a residual add ties `group`: two or more normalised dense producers.
+
+    A squeeze-excitation gate or a depthwise conv also couples channels (several
+    sources), but brings no second normalised dense producer; `shortcuts=False`
+    leaves only residual groups whole. A conv with one input channel per group is
+    taken for depthwise.
+    """
+    if not group.coupled:
+        return False
+    depthwise = 0
+    for name in group.producers:
+        layer = graph.layers.get(name)
+        if layer is not None and layer.kind == "conv" and layer.weight_shape[1] == 1:
+            depthwise += 1
+    return len(group.norms) - depthwise >= 2

@@ -47,6 +47,7 @@ from prunelab.criteria import score
 from prunelab.errors import ConfigError, InfeasibleBudgetError, PrunelabError
 from prunelab.graph import ChannelGraph, ChannelMask, Group, Member, prune, trace
 from prunelab.graph.cost import base_cost, cost_of_masks
+from prunelab.graph.groups import is_residual
 from prunelab.graph.plan import add_survivors, round_keep
 from prunelab.graph.selfcheck import tensors_of
 from prunelab.latency_table import LatencyTable
@@ -87,23 +88,6 @@ class ChexOptions:
     css_source: str = "auto"
     feature_images: int = 64  # latest training images the feature maps are computed on
     feature_rows: int = 4096  # rows kept per consumer (at least 2x the channels)
-
-
-def is_shortcut(model: nn.Module, group: Group) -> bool:
-    """True for groups tied by residual additions (several normalised dense producers).
-
-    A squeeze-excitation gate or a depthwise conv also couples a group, but
-    only a residual add brings two or more batch-normalised dense convolutions
-    into it; the paper's default leaves only those whole.
-    """
-    if not group.coupled:
-        return False
-    depthwise = 0
-    for name in group.producers:
-        m = model.get_submodule(name)
-        if isinstance(m, nn.Conv2d) and m.groups > 1:
-            depthwise += 1
-    return len(group.norms) - depthwise >= 2
 
 
 class WeightMemory:
@@ -225,7 +209,7 @@ class ChexCallback(Callback):
         for g in self.graph.prunable:
             if not g.members_of("norm", "weight"):
                 self.left_whole[g.name] = "no batch-norm scale to allocate by"
-            elif not self.opts.shortcuts and is_shortcut(model, g):
+            elif not self.opts.shortcuts and is_residual(self.graph, g):
                 self.left_whole[g.name] = "residual shortcut (shortcuts=False)"
             else:
                 self.groups.append(g.index)
