@@ -143,14 +143,8 @@ class DetectionLoader(GeneratorState, ShardedBatches):
         self.images = images
         self.objects = objects
         self.size = int(images.shape[2])
-        self.indices = None if indices is None else indices.long().cpu()
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
         self.augment = flip
-        self.drop_last = drop_last
-        self.seed = seed
-        self.epoch = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self._init_order(batch_size, indices, shuffle, drop_last, seed)
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]

@@ -105,6 +105,17 @@ class ShardedBatches:
     generator: torch.Generator
     shard: bool = True
 
+    def _init_order(self, batch_size: int, indices: torch.Tensor | None, shuffle: bool,
+                    drop_last: bool, seed: int) -> None:
+        """The fields `_epoch_order` reads, set the one way every in-memory loader sets them."""
+        self.indices = None if indices is None else indices.long().cpu()
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.epoch = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
     def _epoch_order(self, draw: Callable[[int], dict[str, torch.Tensor]] | None = None
                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
         """This rank's sample order for the next epoch, its per-sample draws, and the stop.
@@ -180,21 +191,15 @@ class TensorLoader(GeneratorState, ShardedBatches):
         check_loader_args(images.shape[0], labels.shape[0], batch_size, "images")
         self.images = images
         self.labels = labels.long()
-        self.indices = None if indices is None else indices.long().cpu()
-        self.batch_size = int(batch_size)
+        self._init_order(batch_size, indices, shuffle, drop_last, seed)
         self.mean = tuple(float(v) for v in mean)
         self.std = tuple(float(v) for v in std)
-        self.shuffle = shuffle
         self.augment = augment
-        self.drop_last = drop_last
         self.pad = pad
         self.flip = flip
         self.cutout = cutout_size(cutout)
         self.resolution = resolution
-        self.seed = seed
         self.shard = shard
-        self.epoch = 0
-        self.generator = torch.Generator().manual_seed(seed)
 
     # ------------------------------------------------------------------ sizes
     @property

@@ -85,14 +85,8 @@ class PointCloudLoader(GeneratorState, ShardedBatches):
         check_loader_args(points.shape[0], labels.shape[0], batch_size, "clouds")
         self.points = points
         self.labels = labels.long()
-        self.indices = None if indices is None else indices.long().cpu()
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
         self.augment = augment
-        self.drop_last = drop_last
-        self.seed = seed
-        self.epoch = 0
-        self.generator = torch.Generator().manual_seed(seed)
+        self._init_order(batch_size, indices, shuffle, drop_last, seed)
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
