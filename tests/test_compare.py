@@ -133,6 +133,21 @@ def test_kd_twins_seeds_and_pretrain_budget(tmp_path: Path) -> None:
         run_compare(str(_config(tmp_path)), [], arms=["nope"], run_dir=str(tmp_path / "x"))
 
 
+def test_pretrain_arm_trains_dense_first_then_prunes_its_own_model(tmp_path: Path) -> None:
+    # a fresh pretrain arm must start (not demand a run to resume), prune the model it
+    # trained rather than the base checkpoint, and count both trainings in its epochs
+    out = tmp_path / "cmp"
+    scratch = ["arms.scratch.pretrain.epochs=1", "arms.scratch.method.name=uniform",
+               "arms.scratch.method.round_to=1", "arms.scratch.train.epochs=1"]
+    assert main(["compare", str(_config(tmp_path)), *scratch, "--arms", "scratch",
+                 "--quiet", "--run-dir", str(out)]) == 0  # fmt: skip
+    arm = out / "arms" / "scratch-s0"
+    assert (arm / "pretrain" / "model.pt").is_file()
+    config = yaml.safe_load((arm / "config.yaml").read_text())
+    assert Path(config["checkpoint"]) == arm / "pretrain" / "model.pt"
+    assert [r[4] for r in _rows(out) if r[0] == "scratch"] == [2]
+
+
 def test_latency_budgeted_arm_is_checked_against_the_side_by_side_timing(
     tmp_path: Path, monkeypatch
 ) -> None:

@@ -52,6 +52,7 @@ from prunelab.metrics import measure_train_step
 from prunelab.report import SUMMARY_NAME, measure, read_summary
 from prunelab.report.leaderboard import ArmRun, write_leaderboard
 from prunelab.train import TrainConfig
+from prunelab.train.checkpoint import CHECKPOINT_NAME
 from prunelab.train.distill import check_distill
 
 COMPARE_KEYS = {"name", "title", "base", "budget_epochs", "baseline", "seeds", "distill", "kd",
@@ -242,8 +243,10 @@ def _run_arm(spec: ArmSpec, folder: Path, quiet: bool) -> None:
         if not (pre_dir / SUMMARY_NAME).is_file():
             pre = {k: v for k, v in config.items() if k not in ("method", "checkpoint", "target",
                                                                   "metric", "reference")}
+            # resume only what an earlier process started: `train` refuses --resume on nothing
+            started = (pre_dir / CHECKPOINT_NAME).is_file()
             pre["train"] = merge({k: v for k, v in (config.get("train") or {}).items()
-                                  if k != "distill"}, {**spec.pretrain, "resume": True})
+                                  if k != "distill"}, {**spec.pretrain, "resume": started})
             pre.update(run_dir=str(pre_dir), quiet=quiet)
             run_train(pre)
         pre_summary = read_summary(pre_dir)
