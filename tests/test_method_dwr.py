@@ -207,7 +207,7 @@ def test_three_d_run_collects_points_and_meets_the_budget(three_d) -> None:
     assert opt["cost"] == pytest.approx(0.5, rel=1e-6)
     lowest = {k: min(p[k] for p in points) for k in "dwr"}  # the optimum stays in the data
     assert all(lowest[k] - 1e-9 <= opt[k] <= 1.0 for k in "dwr")
-    assert info["collection"]["models_finetuned"] == 6
+    assert info["collection"]["models_finetuned"] == 7  # the retrained origin is a round too
     # The engine's count of the final model at its recorded resolution meets T within 3%.
     size = result.model.prunelab_input_size
     flops = prunelab.count(result.model, torch.zeros(1, *size)).flops
@@ -244,6 +244,39 @@ def test_collected_points_are_reused_from_the_cache(three_d, monkeypatch) -> Non
     assert again.info["points"] == first.info["points"]
     with pytest.raises(ConfigError, match="other settings"):
         get_method("dwr")(**{**FAST, "round_epochs": 2}).run(_task(run_dir))
+
+
+def test_collection_leaves_the_trained_model_untouched() -> None:
+    # resolution rounds prune nothing before fine-tuning: they must train a copy
+    task = _task()
+    col = Collector(task, get_method("dwr")(rounds=1, round_epochs=1, probe_batches=2).options)
+    before = {k: v.clone() for k, v in col.model0.state_dict().items()}
+    for dim in ("resolution", "width", "depth"):
+        col.dimension(dim)
+    after = col.model0.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_origin_is_retrained_like_every_point_or_taken_as_is(three_d, monkeypatch) -> None:
+    _, _, first, run_dir = three_d
+    origin = first.info["points"][0]
+    assert origin["dim"] == "origin" and origin["epochs"] == 1 and origin["test_top1"] is not None
+    plain = _task()
+    as_is = Collector(plain, get_method("dwr")(**FAST, origin="checkpoint").options).origin()
+    assert as_is.epochs == 0 and as_is.test_top1 is None
+    assert as_is.accuracy == pytest.approx(Collector(plain, get_method("dwr")(**FAST).options)
+                                           .evaluate(plain.model, 16))  # fmt: skip
+    # the paper's origin reuses every collected round of the retrained run's cache
+    calls = []
+    original = Collector.finetune
+    monkeypatch.setattr(Collector, "finetune",
+                        lambda self, *a, **k: calls.append(a[2]) or original(self, *a, **k))
+    paper = get_method("dwr")(**FAST, origin="checkpoint").run(_task(run_dir))
+    assert calls == [1]  # the final fine-tune only
+    assert paper.info["points"][1:] == first.info["points"][1:]
+    assert paper.info["points"][0]["epochs"] == 0
+    with pytest.raises(ConfigError, match="origin must be"):
+        get_method("dwr")(origin="trained").run(_task())
 
 
 def test_resolution_reaches_training_and_evaluation() -> None:
@@ -320,7 +353,7 @@ def test_ranks_agree_under_torchrun(tmp_path) -> None:
     assert all(torch.equal(r0["state"][k], r1["state"][k]) for k in r0["state"])
     assert sorted(p.name for p in (tmp_path / "run" / "collect").glob("*.json")) == [
         "depth_1.json",
-        "origin.json",
+        "origin_retrained.json",
         "resolution_1.json",
     ]
 
