@@ -406,14 +406,9 @@ class Collector:
         if o.origin == "checkpoint":
             p = self.point(self.model0, "origin", 0, self.r0, self.evaluate(self.model0, self.r0))
         else:
-            t0 = time.perf_counter()
-            self.say(f"origin: fine-tuning {o.round_epochs} epoch(s) at {self.r0} px")
-            changes = {} if o.round_lr is None else {"lr": o.round_lr}
-            model, _, final = self.finetune(copy.deepcopy(self.model0), self.r0, o.round_epochs,
-                                            f"collect/{name}", **changes)  # fmt: skip
-            p = self.point(model, "origin", 0, self.r0, self.evaluate(model, self.r0),
-                           test_top1=final.get("top1"), epochs=o.round_epochs,
-                           seconds=time.perf_counter() - t0)  # fmt: skip
+            start = time.perf_counter()
+            _, p = self.collection_round(copy.deepcopy(self.model0), self.r0, name, "origin", 0,
+                                         start)  # fmt: skip
         self._store(name, p, None)
         return p
 
@@ -461,18 +456,26 @@ class Collector:
                 model = prune(model, self.width_planner(model, pixels)(keep))
             else:
                 pixels = step
-            self.say(f"{name}: fine-tuning {o.round_epochs} epoch(s) at {pixels} px")
-            changes = {} if o.round_lr is None else {"lr": o.round_lr}
-            model, _, final = self.finetune(model, pixels, o.round_epochs, f"collect/{name}",
-                                            **changes)  # fmt: skip
-            model.prunelab_input_size = (self.channels, pixels, pixels)
-            acc = self.evaluate(model, pixels)
-            p = self.point(model, dim, n, pixels, acc, test_top1=final.get("top1"),
-                           epochs=o.round_epochs, seconds=time.perf_counter() - t0)  # fmt: skip
-            self.say(f"{name}: d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} acc={acc:.2f}")
+            model, p = self.collection_round(model, pixels, name, dim, n, t0)
             self._store(name, p, model)
             points.append(p)
         return points
+
+    def collection_round(
+        self, model: nn.Module, pixels: int, name: str, dim: str, n: int, started: float
+    ) -> tuple[nn.Module, Point]:
+        """Fine-tune one round's (already pruned) model and measure its point."""
+        o = self.opts
+        self.say(f"{name}: fine-tuning {o.round_epochs} epoch(s) at {pixels} px")
+        changes = {} if o.round_lr is None else {"lr": o.round_lr}
+        model, _, final = self.finetune(model, pixels, o.round_epochs, f"collect/{name}",
+                                        **changes)  # fmt: skip
+        model.prunelab_input_size = (self.channels, pixels, pixels)
+        acc = self.evaluate(model, pixels)
+        p = self.point(model, dim, n, pixels, acc, test_top1=final.get("top1"),
+                       epochs=o.round_epochs, seconds=time.perf_counter() - started)  # fmt: skip
+        self.say(f"{name}: d={p.d:.3f} w={p.w:.3f} r={p.r:.3f} acc={acc:.2f}")
+        return model, p
 
     def collect(self, dims: Sequence[str]) -> list[Point]:
         """The origin plus every round of every dimension in `dims`."""
