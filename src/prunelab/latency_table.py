@@ -24,7 +24,8 @@ error is stored with the table (`calibration`).
 Kernel-friendly widths are measured, not assumed: the most expensive layers
 are timed at every width in a 32-channel window and the table keeps the
 smallest multiple (1, 2, 4, 8, 16 or 32) whose widths run as fast per channel
-as the best multiple's (within 3%). Planners use it when `round_to="auto"`.
+as the best multiple's (within 3%). Planners use it when `round_to="auto"`, and so
+do the methods' `round_to: auto` (`methods.latency_budget.resolve_round_to`).
 """
 
 from __future__ import annotations

@@ -179,7 +179,7 @@ def for_cost(
     if not groups:
         raise InfeasibleBudgetError("the model has no prunable channel groups")
     scores = scores or score_groups(model, groups, criterion, stats)
-    table = _table_for(model, graph, latency) if metric == "latency" else None
+    table = table_for(model, graph, latency) if metric == "latency" else None
     if round_to == "auto":
         round_to = table.round_to if table is not None else 1
     costs = _CountsCost(graph, scores, metric, table)
@@ -240,7 +240,12 @@ class _CostSearch:
         return counts
 
 
-def _table_for(model: nn.Module, graph: ChannelGraph, latency: Any) -> LatencyTable:
+def table_for(
+    model: nn.Module,
+    graph: ChannelGraph,
+    latency: LatencySpec | Mapping[str, Any] | LatencyTable | None,
+) -> LatencyTable:
+    """`latency` itself if it is a table, else the table of `model` under that spec (cached)."""
     if isinstance(latency, LatencyTable):
         return latency
     return latency_table(model, graph, LatencySpec.from_config(latency))

@@ -35,6 +35,7 @@ would need more training), so it is reported, not corrected.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from prunelab.methods import chex_features as feat
 from prunelab.methods import chex_selection as sel
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
-from prunelab.methods.latency_budget import LatencyBudget
+from prunelab.methods.latency_budget import LatencyBudget, check_round_to, resolve_round_to
 from prunelab.metrics import count
 from prunelab.models.detection_core import tensor_program
 from prunelab.train import Callback, Trainer
@@ -80,7 +81,9 @@ class ChexOptions:
     min_channels: int = 1  # fewest units a pruned group keeps
     # Kept counts rounded to a multiple (8, 16) for fast kernels; 1 = the paper's exact
     # per-layer widths. Not in the paper: with it, the budget search moves in multiples.
-    round_to: int = 1
+    # "auto": the multiple the latency table of `task.latency` measured fastest (under any
+    # metric; info["round_to"] records it). ChexCallback needs the resolved whole number.
+    round_to: int | str = 1
     init_criterion: str = "l1"  # ranks the initial uniform mask
     # Matrix CSS and the regrow orthogonality read (chex_features): "auto" the weights where
     # they have more rows than channels, else feature maps; "weights" the paper's reference
@@ -179,6 +182,8 @@ class ChexCallback(Callback):
         """`table`: the latency table that costs allocations when `metric` is "latency"."""
         if metric == "latency" and table is None:
             raise ConfigError("chex: a latency budget needs the model's latency table")
+        if not isinstance(options.round_to, int):  # Chex.run resolves "auto" first
+            raise ConfigError(f"ChexCallback needs a whole round_to, got {options.round_to!r}")
         self.graph, self.target, self.metric, self.opts, self.seed = (
             graph, target, metric, options, seed)  # fmt: skip
         self.table = table
@@ -554,8 +559,7 @@ class Chex(Method):
             raise ConfigError(f"chex temperature={o.temperature}: must be > 0")
         if o.min_channels < 1:
             raise ConfigError(f"chex min_channels={o.min_channels}: must be >= 1")
-        if isinstance(o.round_to, bool) or not isinstance(o.round_to, int) or o.round_to < 1:
-            raise ConfigError(f"chex round_to={o.round_to!r}: a whole number >= 1 (1: no rounding)")
+        check_round_to(o.round_to)
         if o.css_source not in feat.SOURCES:
             raise ConfigError(
                 f"chex css_source={o.css_source!r}: use one of {', '.join(feat.SOURCES)}"
@@ -576,11 +580,12 @@ class Chex(Method):
         model = task.model.cpu().eval()
         x = task.example_input
         graph = trace(model, x)
+        round_to = resolve_round_to(self.options.round_to, model, graph, task)
         budget = None
         if task.metric == "latency":  # aimed by the table's error on the uniform plan
             budget = LatencyBudget(model, graph, task, shortcuts=self.options.shortcuts)
         cb = ChexCallback(graph, budget.aim if budget else task.target, task.metric,
-                          self.options, seed=task.seed,
+                          dataclasses.replace(self.options, round_to=round_to), seed=task.seed,
                           table=budget.table if budget else None)  # fmt: skip
         model, history, final = fit(task, model, "chex", [cb])
         pruned, check = surgery(cb, model, _check_batch(task, x))
@@ -596,7 +601,7 @@ class Chex(Method):
             "css_used": cb.css_used,
             "update_times": cb.times, "train_flops_ratio": cb.training_flops_ratio(),
             "update_seconds": cb.update_seconds, "masked_vs_pruned_max_diff": check,
-            "final": final, "options": dict(vars(self.options)),
+            "final": final, "options": dict(vars(self.options)), "round_to": round_to,
         }  # fmt: skip
         if budget is not None and cb.mask is not None:  # trained for: timed, not nudged
             predicted = budget.predicted_ratio(cb.mask.masks)

@@ -44,7 +44,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,7 @@ from prunelab.methods.dwr_model import (
 )
 from prunelab.methods.dwr_probe import dbp_importance
 from prunelab.methods.finetune import fit
+from prunelab.methods.latency_budget import check_round_to, resolve_round_to
 from prunelab.metrics import count
 from prunelab.train import TrainConfig
 from prunelab.train import distributed as D
@@ -163,6 +164,9 @@ class Collector:
                         or n in residual]  # fmt: skip
         graph = trace(self.model0, self._input(self.r0))
         self.groups0 = {g.name: g.size for g in planners.select_groups(graph)}
+        # "auto": the channel multiple the latency table of task.latency measured fastest
+        round_to = resolve_round_to(options.round_to, self.model0, graph, task)
+        self.opts = options = replace(options, round_to=round_to)
         self.eval_split = options.eval_split
         if _loader(task.data, self.eval_split) is None:
             self.eval_split = "test"  # no hold-out split was built
@@ -688,8 +692,10 @@ class DWR(Method):
         # DBP: batches of `probe_split` for the linear probes (half fit, half scored).
         probe_batches: int = 40
         probe_split: str = "holdout"
-        # Kept-channel multiple of the final width step (1 = exact ratio, as the paper).
-        round_to: int = 1
+        # Kept-channel multiple of the final width step (1 = exact ratio, as the paper);
+        # "auto": the multiple the latency table of `task.latency` measured fastest, under
+        # any metric (info["round_to"] records it).
+        round_to: int | str = 1
         # The final model's FLOPs must be within this relative distance of the target.
         tolerance: float = 0.03
         # Cost constraint: "measured" (fitted to the engine's counts, dwr_cost) or
@@ -702,6 +708,9 @@ class DWR(Method):
         origin: str = "retrained"
         # Cache of collected points and models (None: <run_dir>/collect, or no cache).
         collect_dir: str | None = None
+
+        def __post_init__(self) -> None:
+            check_round_to(self.round_to)
 
     def check(self, task: PruneTask) -> None:
         task.require_metric(self.name, *self.metrics)
@@ -759,7 +768,8 @@ class DWR(Method):
         if "depth" in dims and not col.blocks0:
             raise ConfigError(_NO_BLOCKS)
         info: dict[str, Any] = {"dims": dims, "eval_split": col.eval_split,
-                                "removable_blocks": col.blocks0}  # fmt: skip
+                                "removable_blocks": col.blocks0,
+                                "round_to": col.opts.round_to}  # fmt: skip
         t0 = time.perf_counter()
         if len(dims) > 1:
             points = col.collect(dims)

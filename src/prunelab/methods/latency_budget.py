@@ -9,6 +9,10 @@ machine, and the method aims its search at target / error. After the method,
 its final model is timed against the dense one (adaptive repeats, see
 `latency_table.measured_ratio`) and what was predicted and measured is
 reported in `notes`, met or not.
+
+`round_to: auto` (a method's kept-channel multiple) is resolved here too:
+`resolve_round_to` reads the multiple the table of the task's latency spec
+measured fastest, whatever the budget's metric.
 """
 
 from __future__ import annotations
@@ -20,17 +24,44 @@ import torch
 import torch.nn as nn
 
 from prunelab import planners
-from prunelab.errors import InfeasibleBudgetError
+from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph.groups import ChannelGraph
 from prunelab.graph.plan import Plan
 from prunelab.latency_table import LatencySpec, latency_table, measured_ratio
 from prunelab.methods.base import PruneTask
 from prunelab.train import distributed as D
 
-__all__ = ["VERIFY_TOLERANCE", "LatencyBudget"]
+__all__ = ["ROUND_TO_VALUES", "VERIFY_TOLERANCE", "LatencyBudget", "check_round_to",
+           "resolve_round_to"]  # fmt: skip
 
 VERIFY_TOLERANCE = 0.05  # as planners.for_cost: a timing, not a count
+ROUND_TO_VALUES = "a whole number >= 1 (1: no rounding) or 'auto' (the latency table's fastest)"
 Masks = Mapping[int, Any]
+
+
+def check_round_to(value: object, option: str = "method.round_to") -> None:
+    """Raise one ConfigError unless `value` is a kept-channel multiple >= 1 or "auto"."""
+    if isinstance(value, str) and value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{option}={value!r} must be {ROUND_TO_VALUES}")
+
+
+def resolve_round_to(
+    round_to: int | str, model: nn.Module, graph: ChannelGraph, task: PruneTask
+) -> int:
+    """`round_to` as a channel multiple; "auto": the one the latency table measured fastest.
+
+    The table is the one of `model`'s architecture under `task.latency` (read
+    from the cache, or measured and cached), as `planners.for_cost` uses it;
+    under `metric=flops` or `params` it is measured for the rounding alone.
+    Under torchrun every rank takes rank 0's multiple, so the ranks' widths agree.
+    """
+    check_round_to(round_to)
+    if round_to != "auto":
+        return int(round_to)
+    table = planners.table_for(model, graph, task.latency)
+    return int(D.broadcast_object(table.round_to))
 
 
 class LatencyBudget:

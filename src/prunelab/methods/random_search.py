@@ -45,7 +45,7 @@ from prunelab.graph.plan import round_keep
 from prunelab.latency_table import LatencyTable
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
-from prunelab.methods.latency_budget import LatencyBudget
+from prunelab.methods.latency_budget import LatencyBudget, check_round_to, resolve_round_to
 from prunelab.methods.random_scoring import (
     SCORING_MODES,
     ScoringSetup,
@@ -217,7 +217,8 @@ class RandomSearchPruning(Method):
             that land in the window; exact uniform-in-the-window, far more draws).
         max_draws: give up (InfeasibleBudgetError) after this many draws.
         round_to: kept counts are multiples of this (8 keeps CPU/GPU kernels fast;
-            the paper does not round: 1).
+            the paper does not round: 1); "auto": the multiple the latency table of
+            `task.latency` measured fastest, under any metric (info["round_to"]).
         shortcuts: also prune residual-coupled groups (a stage keeps one ratio).
         criterion: channel ranking within a group: l1 l2 gm taylor (gate) taylor_weight
             es kl bn_scale random.
@@ -237,7 +238,7 @@ class RandomSearchPruning(Method):
         tolerance: float = 0.02
         sampling: str = "rescale"
         max_draws: int = 20000
-        round_to: int = 8
+        round_to: int | str = 8
         shortcuts: bool = True
         criterion: str = "l1"
         criterion_batches: int = 4
@@ -256,8 +257,7 @@ class RandomSearchPruning(Method):
                 )
             if self.scoring not in SCORING_MODES:
                 raise ConfigError(f"scoring must be one of {SCORING_MODES}, got {self.scoring!r}")
-            if self.round_to < 1:
-                raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
+            check_round_to(self.round_to)
             for name in ("criterion_batches", "bn_batches", "score_steps"):
                 if getattr(self, name) < 1:
                     raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -292,19 +292,20 @@ class RandomSearchPruning(Method):
         model = task.model.to(device).eval()
         graph = trace(model.cpu(), task.example_input)
         groups = planners.select_groups(graph, opts.shortcuts)
+        round_to = resolve_round_to(opts.round_to, model, graph, task)
         # timed on the CPU, as the table is
         # A latency budget samples in the table's prediction, aimed by its error on the uniform
         # plan; random architectures cannot be nudged one by one without changing what was
         # scored, so the winner is timed once and reported (info["latency"]), met or not.
         latency = None
         if task.metric == "latency":
-            latency = LatencyBudget(model, graph, task, opts.round_to, opts.shortcuts,
+            latency = LatencyBudget(model, graph, task, round_to, opts.shortcuts,
                                     opts.tolerance)  # fmt: skip
         model.to(device)
         # Sampling needs no scores: an infeasible budget fails before slow criteria run.
         sampled = sample_architectures(
             graph, groups, latency.aim if latency else task.target, task.metric, opts.candidates,
-            opts.r_min, opts.tolerance, opts.round_to, opts.sampling, task.seed, opts.max_draws,
+            opts.r_min, opts.tolerance, round_to, opts.sampling, task.seed, opts.max_draws,
             table=latency.table if latency else None,
         )  # fmt: skip
         scores = planners.score_groups(model, groups, opts.criterion, self._stats(task, model))
@@ -354,6 +355,7 @@ class RandomSearchPruning(Method):
         info = {
             "method": "random",
             "options": dataclasses.asdict(opts),
+            "round_to": round_to,
             "target": task.target,
             "metric": task.metric,
             "groups": [
