@@ -112,3 +112,14 @@ def test_an_invalid_round_to_is_one_clear_error(name: str, value: object) -> Non
     message = str(info.value)
     assert message.startswith(f"method.round_to={value!r} must be a whole number >= 1")
     assert "'auto'" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("multiple", [2, 8])  # 4 cannot land within 1% on this tiny net
+def test_uniform_reads_the_tables_multiple_under_a_flops_budget_too(multiple: int, forced) -> None:
+    forced(multiple)
+    task = _task()
+    dense = _widths(task.model)
+    result = get_method("uniform")(criterion="l1", round_to="auto").run(task)
+    widths = _widths(result.model)
+    assert any(w < full for w, full in zip(widths, dense, strict=True))
+    assert all(w % multiple == 0 for w in widths), widths

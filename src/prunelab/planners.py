@@ -169,7 +169,8 @@ def for_cost(
     `max_nudges` times) until the measured ratio is within `verify_tolerance`
     (relative) of `target`; the closest plan is returned and what was measured
     is kept in `plan.notes["latency"]`. `round_to="auto"` takes the channel
-    multiple the table measured as fastest (1 for FLOPs and params).
+    multiple the table of `latency` measured as fastest, under any metric (with
+    FLOPs or params the table is measured, or read from the cache, for it alone).
     """
     if not 0 < target <= 1:
         raise InfeasibleBudgetError(f"target {metric} fraction must be in (0, 1], got {target}")
@@ -180,8 +181,8 @@ def for_cost(
         raise InfeasibleBudgetError("the model has no prunable channel groups")
     scores = scores or score_groups(model, groups, criterion, stats)
     table = table_for(model, graph, latency) if metric == "latency" else None
-    if round_to == "auto":
-        round_to = table.round_to if table is not None else 1
+    if round_to == "auto":  # a speed choice, whatever the budget's metric
+        round_to = (table or table_for(model, graph, latency)).round_to
     costs = _CountsCost(graph, scores, metric, table)
     search = _CostSearch(graph, groups, scores, costs, strategy, round_to, normalize, shortcuts)
     plan = plan_from_counts(graph, scores, search.counts_for(target, tolerance))
