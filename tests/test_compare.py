@@ -170,13 +170,23 @@ def test_latency_budgeted_arm_is_checked_against_the_side_by_side_timing(
             r.speedup = rows[0].latency_ms / r.latency_ms
         return rows
 
+    budget_settings = []
+
+    def fake_ratio(dense, model, x, spec, pruned_input):  # the budget's own setting is timed
+        budget_settings.append(spec.key())
+        return slowdown["value"] * count(model, pruned_input).flops / count(dense, x).flops, None
+
     monkeypatch.setattr(compare_cmd, "measure", fake_measure)
-    as_latency = ["arms.global.metric=latency", "--report-only"]
+    monkeypatch.setattr(compare_cmd, "measured_ratio", fake_ratio)
+    as_latency = ["arms.global.metric=latency", "arms.global.latency.layout=channels_last",
+                  "--report-only"]  # fmt: skip
     args = ["compare", str(config), *as_latency, "--quiet", "--run-dir", str(out)]
     assert main(args) == 0  # latency ratio = FLOPs ratio 0.5: on budget
     board = json.loads((out / "leaderboard.json").read_text())
     assert all(r["on_budget"] for r in board["rows"])
     assert any("global (latency 0.5, within 5%)" in n for n in board["notes"])
+    assert budget_settings == [{"batch": 2, "threads": 1, "runtime": "torch",
+                                "layout": "channels_last"}]  # fmt: skip
     slowdown["value"] = 1.3  # the pruned models run at 0.65 of dense: off a 0.5 latency budget
     assert main(args) == 2
     board = json.loads((out / "leaderboard.json").read_text())
