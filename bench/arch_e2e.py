@@ -1,10 +1,16 @@
-"""CHEX and BWCP end to end on each architecture family their papers name, short schedule.
+"""CHEX, BWCP and random pruning end to end on each architecture family their papers name.
 
 One arm per call, CIFAR-10 (JPEG), 50% of the dense FLOPs (MACs), from scratch:
 
     <method>  the method's run on a fresh model: `--epochs` epochs of `--steps` steps,
               batch 64, SGD 0.9 lr 0.05 cosine, weight decay 5e-4 (the methods check
               that the exported model computes what the masked one did)
+    random    random channel pruning from scratch (the paper's supplement): `candidates`
+              architectures sampled under the budget, each re-initialised and scored by
+              `score_steps` SGD steps then top-1 on 1024 held-out training images (left out
+              of this arm's training set); the best re-initialised and trained for the same
+              `--epochs` x `--steps` (scoring is search cost, recorded apart); it prunes
+              physically, so there is no masked model to compare (export_max_diff null)
     uniform   uniform-l1 pruning of the same fresh model to the same budget, then the
               same number of training steps (the from-scratch yardstick)
 
@@ -45,8 +51,14 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "bwcp": {"lambda1": 4e-5, "lambda2": 8e-5, "target_control": True,
              "init_probability": 0.85, "warmup_epochs": 0.5, "control_every": 20,
              "target_ramp_epochs": 1.0, "shortcuts": False, "recalibrate_batches": 20},
+    # from scratch: 6 candidates x 20 scoring steps (120 steps of search, 60% of the final
+    # training); residual stages share one ratio (shortcuts, the paper's supplement)
+    "random": {"from_scratch": True, "scoring": "finetune", "candidates": 6, "score_steps": 20,
+               "finetune_lr": 0.05, "bn_batches": 5, "round_to": 1, "shortcuts": True,
+               "r_min": 0.1, "tolerance": 0.02},
     "uniform": {"criterion": "l1", "round_to": 1, "shortcuts": False},
 }
+HOLDOUT = {"random": 1024}  # training images a method scores candidates on
 
 
 def recipe(args: argparse.Namespace, arm: str) -> TrainConfig:
@@ -65,7 +77,7 @@ def test_subset(total: int, n: int) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace, method: str) -> dict[str, Any]:
-    d = build_data("cifar10_jpg", batch_size=64, seed=0)
+    d = build_data("cifar10_jpg", batch_size=64, holdout=HOLDOUT.get(method, 0), seed=0)
     d.test.indices = test_subset(d.test.images.shape[0], args.test)
     torch.manual_seed(0)
     model = prunelab.create(args.arch, num_classes=10)
@@ -88,8 +100,24 @@ def run(args: argparse.Namespace, method: str) -> dict[str, Any]:
         "seconds": seconds, "options": OPTIONS[method],
         "info": {k: v for k, v in info.items() if k in (
             "css_used", "threshold", "controller_ratio", "lambda_scale", "kept", "sizes",
-            "unmasked_layers", "plan_ratios", "kappa")},
+            "unmasked_layers", "plan_ratios", "kappa", "winner", "winner_score", "achieved",
+            "acceptance_rate", "drawn")},
+        **search_cost(method, info),
     }  # fmt: skip
+
+
+def search_cost(method: str, info: dict[str, Any]) -> dict[str, Any]:
+    """The random search's candidate scoring, apart from the final training (else nothing)."""
+    if method != "random":
+        return {}
+    o = info["options"]
+    return {"search": {
+        "candidates": o["candidates"], "score_steps": o["score_steps"],
+        "steps": o["candidates"] * o["score_steps"], "seconds": info["search_seconds"],
+        "holdout_images": HOLDOUT[method],
+        "scores": [c["score"] for c in info["candidates"]],
+        "flops": [c["flops_ratio"] for c in info["candidates"]],
+    }}  # fmt: skip
 
 
 def table(method: str) -> None:
@@ -102,22 +130,30 @@ def table(method: str) -> None:
         uniform = RESULTS / f"uniform_{r['arch']}.json"
         if uniform.exists():
             rows[r["arch"]]["uniform"] = json.loads(uniform.read_text())
+    search = method == "random"
     print(f"| architecture | {method} top-1 % | FLOPs | params | exported vs masked "
-          "| uniform l1 top-1 % | FLOPs | wall s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| uniform l1 top-1 % | FLOPs | wall s |" + (" search: steps, s |" if search else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if search else ""))
     for arch, by in rows.items():
         m, u = by.get(method), by.get("uniform")
         cells = [arch]
         cells += ([f"{m['top1']:.2f}", f"{m['flops']:.3f}", f"{m['params']:.3f}",
-                   f"{m['export_max_diff']:.1e}"] if m else ["", "", "", ""])  # fmt: skip
+                   diff_cell(m["export_max_diff"])] if m else ["", "", "", ""])  # fmt: skip
         cells += [f"{u['top1']:.2f}", f"{u['flops']:.3f}"] if u else ["", ""]
         cells += [f"{m['seconds']:.0f}" if m else ""]
+        if search:
+            s = m["search"]
+            cells += [f"{s['candidates']} x {s['score_steps']} = {s['steps']}, {s['seconds']:.0f}"]
         print("| " + " | ".join(cells) + " |")
+
+
+def diff_cell(diff: float | None) -> str:
+    return "- (prunes physically)" if diff is None else f"{diff:.1e}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("method", choices=("chex", "bwcp"))
+    ap.add_argument("method", choices=("chex", "bwcp", "random"))
     ap.add_argument("arch", nargs="?")
     ap.add_argument("--uniform", action="store_true", help="the uniform-l1 arm instead")
     ap.add_argument("--epochs", type=int, default=2)
