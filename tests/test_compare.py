@@ -133,6 +133,15 @@ def test_kd_twins_seeds_and_pretrain_budget(tmp_path: Path) -> None:
         run_compare(str(_config(tmp_path)), [], arms=["nope"], run_dir=str(tmp_path / "x"))
 
 
+def test_a_run_of_other_seeds_keeps_every_finished_run_on_the_leaderboard(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = [str(_config(tmp_path)), "--arms", "uniform", "--quiet", "--run-dir", str(out)]
+    assert main(["compare", *args]) == 0
+    assert main(["compare", *args, "--seeds", "1"]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["seeds"] for r in board["rows"] if r["arm"] == "uniform"] == [[0, 1]]
+
+
 def test_pretrain_arm_trains_dense_first_then_prunes_its_own_model(tmp_path: Path) -> None:
     # a fresh pretrain arm must start (not demand a run to resume), prune the model it
     # trained rather than the base checkpoint, and count both trainings in its epochs

@@ -200,7 +200,10 @@ def run_compare(
                     continue
                 say(log, f"[{i}/{len(chosen)}] {spec.folder_name}: running -> {folder}")
                 _run_arm(spec, folder, quiet)
-    return _leaderboard(config, specs, out, quiet)
+    # the leaderboard lists every finished run: the config's seeds and any --seeds run here
+    listed = {(s.arm, s.seed) for s in specs}
+    everything = specs + [s for s in expand_arms(config) if (s.arm, s.seed) not in listed]
+    return _leaderboard(config, everything, out, quiet)
 
 
 @contextlib.contextmanager
