@@ -140,6 +140,9 @@ def test_a_run_of_other_seeds_keeps_every_finished_run_on_the_leaderboard(tmp_pa
     assert main(["compare", *args, "--seeds", "1"]) == 0
     board = json.loads((out / "leaderboard.json").read_text())
     assert [r["seeds"] for r in board["rows"] if r["arm"] == "uniform"] == [[0, 1]]
+    assert main(["compare", *args, "--report-only"]) == 0  # the config says seed 0 only
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert [r["seeds"] for r in board["rows"] if r["arm"] == "uniform"] == [[0, 1]]
 
 
 def test_pretrain_arm_trains_dense_first_then_prunes_its_own_model(tmp_path: Path) -> None:

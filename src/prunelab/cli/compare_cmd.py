@@ -200,9 +200,12 @@ def run_compare(
                     continue
                 say(log, f"[{i}/{len(chosen)}] {spec.folder_name}: running -> {folder}")
                 _run_arm(spec, folder, quiet)
-    # the leaderboard lists every finished run: the config's seeds and any --seeds run here
+    # the leaderboard lists every finished run: any seed an arm folder holds, --seeds or not
+    found = {int(m.group(1)) for p in (out / "arms").glob("*-s*")
+             if (m := re.search(r"-s(\d+)$", p.name))}  # fmt: skip
     listed = {(s.arm, s.seed) for s in specs}
-    everything = specs + [s for s in expand_arms(config) if (s.arm, s.seed) not in listed]
+    everything = specs + [s for s in expand_arms(config, sorted(found)) if (s.arm, s.seed)
+                          not in listed and (out / "arms" / s.folder_name).is_dir()]  # fmt: skip
     return _leaderboard(config, everything, out, quiet)
 
 
