@@ -204,8 +204,9 @@ def run_compare(
     found = {int(m.group(1)) for p in (out / "arms").glob("*-s*")
              if (m := re.search(r"-s(\d+)$", p.name))}  # fmt: skip
     listed = {(s.arm, s.seed) for s in specs}
-    everything = specs + [s for s in expand_arms(config, sorted(found)) if (s.arm, s.seed)
-                          not in listed and (out / "arms" / s.folder_name).is_dir()]  # fmt: skip
+    # (_leaderboard keeps the finished ones)
+    everything = specs + [s for s in expand_arms(config, sorted(found))
+                          if (s.arm, s.seed) not in listed]  # fmt: skip
     return _leaderboard(config, everything, out, quiet)
 
 

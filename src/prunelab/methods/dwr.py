@@ -410,9 +410,8 @@ class Collector:
         if o.origin == "checkpoint":
             p = self.point(self.model0, "origin", 0, self.r0, self.evaluate(self.model0, self.r0))
         else:
-            start = time.perf_counter()
             _, p = self.collection_round(copy.deepcopy(self.model0), self.r0, name, "origin", 0,
-                                         start)  # fmt: skip
+                                         time.perf_counter())  # fmt: skip
         self._store(name, p, None)
         return p
 
