@@ -17,6 +17,7 @@ import prunelab
 from prunelab import latency_table as lt
 from prunelab.errors import ConfigError
 from prunelab.latency_table import LatencySpec, LatencyTable, latency_table
+from prunelab.metrics.latency import LatencyStats
 from prunelab.runtimes import onnx_runner
 from tests._nets import ConvBN, randomize_bn
 
@@ -405,3 +406,50 @@ def test_a_transformers_prediction_sees_its_heads(tmp_path: Path, monkeypatch) -
     macs = sum(graph.layers[n].out_spatial * graph.layers[n].kernel
                * int(np.prod(graph.layers[n].weight_shape[:2])) for n in linear)  # fmt: skip
     assert table.ms_per_mac == pytest.approx(ms / macs)
+
+
+# mobilenet_v2 at batch 1, 2 threads (bench/results/runtime_speed.json): the table's first
+# plan ran slower than it predicted, the next one as predicted, the third slower again.
+MOBILENET_B1 = [{"predicted": 0.509, "measured": 0.628}, {"predicted": 0.408, "measured": 0.407},
+                {"predicted": 0.447, "measured": 0.567}]  # fmt: skip
+
+
+def test_an_aim_divides_out_the_error_until_timings_bracket_the_target() -> None:
+    first = MOBILENET_B1[:1]
+    assert lt.next_aim(first, 0.5) == pytest.approx(0.5 / (0.628 / 0.509))
+    assert lt.next_aim([{"predicted": 0.2, "measured": 0.1}], 0.5) == 1.0  # never above dense
+    # Both sides tried: the aim interpolates in the tightest bracket (0.407 below, 0.567 above)
+    # instead of dividing by the median error, which returns to the 0.408 already tried.
+    aim = lt.next_aim(MOBILENET_B1, 0.5)
+    assert aim == pytest.approx(0.408 + (0.5 - 0.407) / (0.567 - 0.407) * (0.447 - 0.408))
+    assert 0.408 < aim < 0.447
+    median_rule = 0.5 / float(np.median([t["measured"] / t["predicted"] for t in MOBILENET_B1]))
+    assert median_rule == pytest.approx(0.408, abs=0.005)
+
+
+def test_a_plan_is_nudged_across_a_kink_in_latency(tiny_table, monkeypatch) -> None:
+    """Latency as predicted below a width, 4x steeper above it (a kernel switch): dividing
+    by the median error alternates between an aim below the kink and the first aim."""
+    model, graph, table, _ = tiny_table
+    dense = table.dense_ms(graph)
+    target = _reachable(graph, table, 0.5)
+    kink = target * 0.85
+
+    def law(predicted: float) -> float:
+        return predicted if predicted <= kink else kink + 4 * (predicted - kink)
+
+    def fake_ratio(dense_model, pruned, x, spec, spread=None):
+        predicted = table.predict(prunelab.trace(pruned, x)) / dense
+        stats = LatencyStats(1.0, 1.0, 1.0, 1.0, spec.repeats, spec.threads)
+        return law(predicted), lt.RatioTiming({"dense": stats, "pruned": stats}, 0.0, 1, True)
+
+    monkeypatch.setattr(prunelab.planners, "measured_ratio", fake_ratio)
+    plan = prunelab.planners.for_cost(model, graph, target, metric="latency", latency=table,
+                                      tolerance=0.01, max_nudges=4)  # fmt: skip
+    attempts = plan.notes["latency"]["attempts"]
+    assert attempts[0]["aim"] == target and attempts[0]["measured"] > target * 1.05
+    for i in range(1, len(attempts)):
+        assert attempts[i]["aim"] == pytest.approx(lt.next_aim(attempts[:i], target))
+    aims = [round(a["aim"], 4) for a in attempts]
+    assert len(set(aims)) == len(aims)  # no aim is tried twice
+    assert plan.notes["latency"]["met"]

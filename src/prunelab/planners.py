@@ -27,7 +27,13 @@ from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph.cost import cost_model
 from prunelab.graph.groups import ChannelGraph, Group, is_residual
 from prunelab.graph.plan import Plan, add_survivors, round_keep
-from prunelab.latency_table import LatencySpec, LatencyTable, latency_table, measured_ratio
+from prunelab.latency_table import (
+    LatencySpec,
+    LatencyTable,
+    latency_table,
+    measured_ratio,
+    next_aim,
+)
 
 Scores = dict[int, torch.Tensor]
 
@@ -150,7 +156,7 @@ def for_cost(
     latency: LatencySpec | Mapping[str, Any] | LatencyTable | None = None,
     verify: bool = True,
     verify_tolerance: float = 0.05,
-    max_nudges: int = 3,
+    max_nudges: int = 4,
 ) -> Plan:
     """The plan whose cost is `target` x the baseline's, within `tolerance` (relative).
 
@@ -166,9 +172,10 @@ def for_cost(
     (`prunelab.latency_table`), then, with `verify`, the chosen plan's model
     is timed against the dense one (repeats added until the ratio's standard
     error is a quarter of `verify_tolerance`) and the table's target nudged (up to
-    `max_nudges` times) until the measured ratio is within `verify_tolerance`
-    (relative) of `target`; the closest plan is returned and what was measured
-    is kept in `plan.notes["latency"]`. `round_to="auto"` takes the channel
+    `max_nudges` times, `latency_table.next_aim`: the table's error divided out, or,
+    once timings lie on both sides, the bracket narrowed) until the measured ratio is
+    within `verify_tolerance` (relative) of `target`; the closest plan is returned
+    and what was measured is kept in `plan.notes["latency"]`. `round_to="auto"` takes the channel
     multiple the table of `latency` measured as fastest, under any metric (with
     FLOPs or params the table is measured, or read from the cache, for it alone).
     """
@@ -269,10 +276,7 @@ def _verified(model: nn.Module, graph: ChannelGraph, scores: Scores, search: _Co
                       "timing": timing.summary()})  # fmt: skip
         if abs(ratio / target - 1) <= verify_tolerance or attempt == max_nudges:
             break
-        # Divide out the table's error (measured / predicted), taken as the median over the
-        # attempts so far: one noisy timing on a loaded machine must not swing the aim.
-        error = float(np.median([t["measured"] / t["predicted"] for t in tried]))
-        aim = min(1.0, target / error)
+        aim = next_aim(tried, target)  # the table's error divided out, or a bracket narrowed
         try:
             plan = plan_from_counts(graph, scores, search.counts_for(aim, tolerance))
         except InfeasibleBudgetError:

@@ -29,7 +29,7 @@ import numpy as np
 import torch.nn as nn
 
 from prunelab.graph import prune
-from prunelab.latency_table import LatencySpec, measured_ratio, measured_ratios
+from prunelab.latency_table import LatencySpec, measured_ratio, measured_ratios, next_aim
 from prunelab.methods.dwr_cost import CostModel, fit_cost, solve_dimension
 from prunelab.methods.dwr_model import DIMS
 from prunelab.methods.latency_budget import VERIFY_TOLERANCE
@@ -84,8 +84,7 @@ def build_for_latency(
                       "built": (model, pixels, details)})  # fmt: skip
         if abs(measured / target - 1) <= VERIFY_TOLERANCE or attempt == NUDGES:
             break
-        error = float(np.median([t["measured"] / t["predicted"] for t in tried]))
-        aim = min(1.0, target / error)  # divide out the cost model's error, as for_cost does
+        aim = next_aim(tried, target)  # as for_cost re-aims its table
     best = min(tried, key=lambda t: abs(t["measured"] / target - 1))
     model, pixels, details = best["built"]
     details["latency"] = {
