@@ -105,7 +105,7 @@ def test_a_whole_round_to_is_used_as_is_without_a_table(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("value", ["fast", 0, True, 2.0, None])
-@pytest.mark.parametrize("name", ["chex", "random", "dwr"])
+@pytest.mark.parametrize("name", ["chex", "random", "dwr", "uniform", "global"])
 def test_an_invalid_round_to_is_one_clear_error(name: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
         get_method(name)(round_to=value)

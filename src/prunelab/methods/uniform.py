@@ -12,11 +12,11 @@ from typing import Any
 
 from prunelab import planners
 from prunelab.criteria import DATA_DRIVEN, collect_taylor
-from prunelab.errors import ConfigError
 from prunelab.graph import prune, trace
 from prunelab.graph.cost import base_cost, plan_cost
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
 from prunelab.methods.finetune import batches, fit
+from prunelab.methods.latency_budget import check_round_to
 
 
 @register_method
@@ -32,12 +32,7 @@ class UniformPruning(Method):
         criterion_batches: int = 8
 
         def __post_init__(self) -> None:
-            if self.round_to != "auto" and (
-                isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
-            ):
-                raise ConfigError(
-                    f"method.round_to={self.round_to!r} must be a whole number or 'auto'"
-                )
+            check_round_to(self.round_to)  # the one rule every method's round_to follows
 
     def planner_options(self) -> dict[str, Any]:
         """How `planners.for_cost` spreads the budget over the layers."""
