@@ -114,6 +114,14 @@ def test_arm_with_another_training_budget_is_refused(tmp_path: Path, capsys) -> 
     assert [s.train_epochs for s in expand_arms(noted)] == [2, 3]
 
 
+def test_a_bwcp_star_arm_counts_its_fine_tune_in_the_budget(tmp_path: Path) -> None:
+    star = ["arms.star.method.name=bwcp", "arms.star.method.finetune_epochs=1"]
+    config = load_compare(str(_config(tmp_path)), [*star, "arms.star.train.epochs=1"])
+    assert next(s for s in expand_arms(config) if s.arm == "star").train_epochs == 2  # 1 + 1
+    with pytest.raises(ConfigError, match="arm star trains 3 epochs"):
+        expand_arms(load_compare(str(_config(tmp_path)), star))  # 2 + 1 against a budget of 2
+
+
 def test_kd_twins_seeds_and_pretrain_budget(tmp_path: Path) -> None:
     config = load_compare(str(_config(tmp_path)), [
         "kd=both", "seeds=[0, 1]", "arms.scratch.pretrain.epochs=1",

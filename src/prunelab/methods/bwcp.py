@@ -96,7 +96,7 @@ from prunelab.methods.bwcp_export import finish, norms_added_together, split_nor
 from prunelab.methods.bwcp_preact import PreActNorm, describe_preact, preact_cost
 from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.methods.latency_budget import LatencyBudget
-from prunelab.train import Callback, Trainer
+from prunelab.train import Callback, TrainConfig, Trainer
 from prunelab.train import distributed as D
 
 SAMPLING = ("gumbel", "hard_st", "expected", "none")
@@ -726,6 +726,10 @@ class BWCP(Method):
 
     def check(self, task: PruneTask) -> None:
         task.require_metric(self.name, *self.metrics)
+
+    def training_epochs(self, train: TrainConfig) -> float:
+        """The masked training and, for BWCP*, the fine-tune of the exported model."""
+        return float(train.epochs + self.options.finetune_epochs)
 
     def run(self, task: PruneTask) -> PruneResult:
         self.check(task)
