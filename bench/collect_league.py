@@ -43,16 +43,32 @@ def collect(src: Path, dst: Path, in_progress: bool = False) -> list[Path]:
                                 ignore=shutil.ignore_patterns(LOCK))  # fmt: skip
                 written += [p for p in target.rglob("*") if p.is_file()]
             continue
-        # a finished arm's epoch checkpoints (copied while it ran) are dead weight now
-        for stale in target.glob("*/checkpoint.pt"):
-            stale.unlink()
-        # the training logs too: the leaderboard adds earlier processes' epochs to wall time
+        drop_resume_state(target)
+        # the training logs too: the leaderboard adds earlier processes' epochs to wall time;
+        # and a search's collected points (3-D pruning's rounds), the evidence for its fit
         logs = [p.relative_to(arm).as_posix() for p in arm.glob("*/metrics.jsonl")]
-        for name in (*ARM_FILES, *logs):
+        points = [p.relative_to(arm).as_posix() for p in arm.glob("collect/*.json")]
+        for name in (*ARM_FILES, *logs, *points):
             if (arm / name).is_file():
                 (target / name).parent.mkdir(parents=True, exist_ok=True)
                 written.append(Path(shutil.copy2(arm / name, target / name)))
     return written
+
+
+def drop_resume_state(target: Path) -> None:
+    """Delete the model files a finished arm's record copied while it ran.
+
+    Epoch checkpoints (at any depth: 3-D pruning keeps one per collection round) and
+    cached round models only let an unfinished arm resume; once the arm is done
+    they are tens of megabytes of dead weight. The arm's own model files stay.
+    """
+    keep = {target / name for name in ARM_FILES if name.endswith(".pt")}
+    for stale in target.rglob("*.pt"):
+        if stale not in keep:
+            stale.unlink()
+    for folder in sorted(target.rglob("*"), reverse=True):  # deepest first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def restore(record: Path, run_dir: Path) -> int:
