@@ -453,3 +453,17 @@ def test_a_plan_is_nudged_across_a_kink_in_latency(tiny_table, monkeypatch) -> N
     aims = [round(a["aim"], 4) for a in attempts]
     assert len(set(aims)) == len(aims)  # no aim is tried twice
     assert plan.notes["latency"]["met"]
+
+
+def test_closest_attempt_picks_the_nearest_timing_and_drops_the_artefact():
+    tried = [{"aim": 0.5, "predicted": 0.5, "measured": 0.62, "plan": "a"},
+             {"aim": 0.4, "predicted": 0.41, "measured": 0.47, "plan": "b"},
+             {"aim": 0.45, "predicted": 0.44, "measured": 0.54, "plan": "c"}]  # fmt: skip
+    best, notes = lt.closest_attempt(tried, 0.5, 0.05, artefact="plan")
+    assert best["plan"] == "b"  # 6% under beats 8% over and 24% over
+    assert notes["measured"] == best["measured"] and notes["predicted"] == 0.41
+    assert notes["met"] is False  # 6% off against a 5% tolerance
+    assert [a["aim"] for a in notes["attempts"]] == [0.5, 0.4, 0.45]
+    assert all("plan" not in a for a in notes["attempts"])
+    _, loose = lt.closest_attempt(tried, 0.5, 0.07, artefact="plan")
+    assert loose["met"] is True

@@ -340,6 +340,24 @@ def next_aim(tried: list[Mapping[str, Any]], target: float) -> float:
     return min(1.0, target / error)
 
 
+def closest_attempt(
+    tried: list[dict[str, Any]], target: float, tolerance: float, artefact: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The attempt whose `measured` ratio lies closest to `target`, and the notes on it.
+
+    The notes (target, measured, predicted, whether it `met` the target within
+    `tolerance`, and every attempt without its `artefact`, the plan or model it built)
+    are what a run records of its latency verification; callers add their own keys.
+    """
+    best = min(tried, key=lambda t: abs(t["measured"] / target - 1))
+    notes = {
+        "target": target, "measured": best["measured"], "predicted": best["predicted"],
+        "met": abs(best["measured"] / target - 1) <= tolerance,
+        "attempts": [{k: v for k, v in t.items() if k != artefact} for t in tried],
+    }  # fmt: skip
+    return best, notes
+
+
 @dataclass(frozen=True)
 class RatioTiming:
     """How a latency ratio was timed: per-model stats, the ratio's relative standard error,

@@ -30,6 +30,7 @@ from prunelab.graph.plan import Plan, add_survivors, round_keep
 from prunelab.latency_table import (
     LatencySpec,
     LatencyTable,
+    closest_attempt,
     latency_table,
     measured_ratio,
     next_aim,
@@ -281,13 +282,8 @@ def _verified(model: nn.Module, graph: ChannelGraph, scores: Scores, search: _Co
             plan = plan_from_counts(graph, scores, search.counts_for(aim, tolerance))
         except InfeasibleBudgetError:
             break
-    best = min(tried, key=lambda t: abs(t["measured"] / target - 1))
-    best["plan"].notes["latency"] = {
-        "target": target, "measured": best["measured"], "predicted": best["predicted"],
-        "met": abs(best["measured"] / target - 1) <= verify_tolerance, "spec": spec.key(),
-        "round_to": search.round_to,
-        "attempts": [{k: v for k, v in t.items() if k != "plan"} for t in tried],
-    }  # fmt: skip
+    best, notes = closest_attempt(tried, target, verify_tolerance, artefact="plan")
+    best["plan"].notes["latency"] = {**notes, "spec": spec.key(), "round_to": search.round_to}
     return best["plan"]
 
 

@@ -29,7 +29,13 @@ import numpy as np
 import torch.nn as nn
 
 from prunelab.graph import prune
-from prunelab.latency_table import LatencySpec, measured_ratio, measured_ratios, next_aim
+from prunelab.latency_table import (
+    LatencySpec,
+    closest_attempt,
+    measured_ratio,
+    measured_ratios,
+    next_aim,
+)
 from prunelab.methods.dwr_cost import CostModel, fit_cost, solve_dimension
 from prunelab.methods.dwr_model import DIMS
 from prunelab.methods.latency_budget import VERIFY_TOLERANCE
@@ -85,14 +91,10 @@ def build_for_latency(
         if abs(measured / target - 1) <= VERIFY_TOLERANCE or attempt == NUDGES:
             break
         aim = next_aim(tried, target)  # as for_cost re-aims its table
-    best = min(tried, key=lambda t: abs(t["measured"] / target - 1))
+    best, notes = closest_attempt(tried, target, VERIFY_TOLERANCE, artefact="built")
     model, pixels, details = best["built"]
-    details["latency"] = {
-        "target": target, "spec": spec.key(), "predicted": best["predicted"],
-        "measured": best["measured"], "met": abs(best["measured"] / target - 1) <= VERIFY_TOLERANCE,
-        "verify_tolerance": VERIFY_TOLERANCE, "cost_fit_max_rel_error": cost.max_rel_error,
-        "attempts": [{k: v for k, v in t.items() if k != "built"} for t in tried],
-    }  # fmt: skip
+    details["latency"] = {**notes, "spec": spec.key(), "verify_tolerance": VERIFY_TOLERANCE,
+                          "cost_fit_max_rel_error": cost.max_rel_error}  # fmt: skip
     return model, pixels, details
 
 
