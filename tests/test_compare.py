@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -228,3 +229,19 @@ def test_a_resumed_arms_wall_time_adds_the_epochs_earlier_processes_kept(tmp_pat
     (tmp_path / "finetune" / "metrics.jsonl").write_text("\n".join(lines) + '\n{"kind": "ep')
     # epochs 1-2 of the first process; its epoch 3 was redone by the last process
     assert _earlier_processes_seconds(tmp_path) == 20.0
+
+
+def test_leaderboard_labels_of_one_budget_are_spread_clear_of_each_other() -> None:
+    from prunelab.report.leaderboard import spread_labels
+
+    # four arms at one FLOPs value within 0.1 points, and one far away along x
+    points = [(20.4, 86.9), (20.5, 86.95), (20.3, 86.8), (20.4, 86.92), (9.0, 81.8)]
+    heights = spread_labels(points, gap=0.2, near=5.0)
+    cluster = sorted(heights[:4])
+    assert all(b - a >= 0.2 - 1e-9 for a, b in itertools.pairwise(cluster))
+    assert min(cluster) == 86.8  # the lowest keeps its own height
+    assert heights[4] == 81.8  # nothing near it: the label stays at its point
+    # the labels keep the points' order by top-1, so a reader can follow the leaders
+    assert [points[i][1] for i in sorted(range(4), key=heights.__getitem__)] == sorted(
+        p[1] for p in points[:4]
+    )

@@ -157,6 +157,41 @@ def format_leaderboard(
     return "\n".join(lines)
 
 
+def spread_labels(points: list[tuple[float, float]], gap: float, near: float) -> list[float]:
+    """Heights for the labels of `points` (x, y) so that no two near each other overlap.
+
+    Arms at one budget sit at one FLOPs value within a few tenths of a point, where
+    labels at the points themselves print over each other. Going up from the lowest
+    point, each label rises just enough to clear, by `gap`, every label already placed
+    within `near` of it along x; a label keeps its point's height where it is clear.
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0]))
+    heights = [0.0] * len(points)
+    placed: list[int] = []
+    for i in order:
+        x, y = points[i]
+        below = [heights[j] for j in placed if abs(points[j][0] - x) <= near]
+        heights[i] = max([y, *(h + gap for h in below)])
+        placed.append(i)
+    return heights
+
+
+def _label_points(ax: Any, points: list[tuple[float, float, str]]) -> None:
+    """Name every point, labels spread clear of each other, with a leader where moved."""
+    if not points:
+        return
+    ax.autoscale_view()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    heights = spread_labels([(x, y) for x, y, _ in points], gap=0.045 * (y1 - y0),
+                            near=0.25 * (x1 - x0))  # fmt: skip
+    for (x, y, text), h in zip(points, heights, strict=True):
+        moved = h - y > 1e-9
+        ax.annotate(text, (x, y), xytext=(x + 0.02 * (x1 - x0), h), textcoords="data",
+                    fontsize=7, va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
+    ax.set_ylim(y0, max(y1, max(heights) + 0.05 * (y1 - y0)))
+
+
 def plot_leaderboard(rows: list[ArmRow], dense: dict[str, Any], path: Path, title: str) -> Path:
     """Top-1 against FLOPs and against measured latency, one point per arm, seeds as error bars."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -166,14 +201,11 @@ def plot_leaderboard(rows: list[ArmRow], dense: dict[str, Any], path: Path, titl
             ax.scatter(dense[key] / scale, dense["top1"], marker="*", s=120, color="black")
             ax.annotate("dense", (dense[key] / scale, dense["top1"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        for r in rows:
-            value = getattr(r, key)
-            if r.top1 is None or value is None:
-                continue
-            ax.errorbar(value / scale, r.top1, yerr=r.top1_std or 0.0, fmt="o" if r.on_budget
-                        else "x", capsize=3, markersize=5)  # fmt: skip
-            ax.annotate(r.arm, (value / scale, r.top1), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        shown = [r for r in rows if r.top1 is not None and getattr(r, key) is not None]
+        for r in shown:
+            ax.errorbar(getattr(r, key) / scale, r.top1, yerr=r.top1_std or 0.0,
+                        fmt="o" if r.on_budget else "x", capsize=3, markersize=5)  # fmt: skip
+        _label_points(ax, [(getattr(r, key) / scale, r.top1, r.arm) for r in shown])
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
