@@ -1,7 +1,7 @@
 """How well do the random search's cheap scores rank candidates? (issue 18, random search)
 
 From the committed ResNet-20 CIFAR-10 (JPEG) checkpoint at 50% FLOPs: sample the
-search's 32 candidates (seed 0, l1 ranking, rounded to 8, as bench/random_cifar.py),
+search's 32 candidates (seed 0, l1 ranking, rounded to 8, as the league's random-32 arm),
 score each with the search's two label-free scorers ("bn": BN recalibration, the
 default; "reconstruct": recalibration + 50 Adam steps of feature-map reconstruction
 without labels, the supplement's Fig. 3), then fine-tune each candidate briefly the

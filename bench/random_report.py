@@ -1,4 +1,5 @@
-"""Tables and plots of the random-pruning experiments (bench/random_cifar.py, random_speed.py).
+"""Tables and plots of the random-pruning experiments (bench/random_speed.py, and the
+records of the removed bench/random_cifar.py).
 
 Reads bench/results/random_runs/*.json and bench/results/random_speed.json;
 writes the plots bench/results/random_candidates.png, random_criteria.png and

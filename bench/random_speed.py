@@ -1,11 +1,13 @@
-"""CPU speed of the pruned ResNet-20s of bench/random_cifar.py against the dense model.
+"""CPU speed of pruned ResNet-20s against the dense model.
 
 Times, interleaved round-robin in one process (prunelab.metrics), inference at
 batch 8 and 128 and one training step at batch 128, in both memory layouts,
-for the dense checkpoint and every pruned model in runs/random_bench/. Takes
-the whole machine, so run it alone and short:
+for the dense checkpoint and every pruned model under `--runs`: a folder of `.pt`
+files, or a `prunelab compare` folder's arms (each arm's `model.pt`, named by the
+arm). Takes the whole machine, so run it alone and short:
 
-    PRUNELAB_SLOT_ALL=1 bench/slot .venv/bin/python bench/random_speed.py
+    PRUNELAB_SLOT_ALL=1 bench/slot .venv/bin/python bench/random_speed.py \
+        --runs runs/leagues/posttrain/arms
 
 Writes bench/results/random_speed.json: per model and setting the median ms
 and the speedup over the dense model in the same layout.
@@ -29,7 +31,7 @@ CHECKPOINT = Path("src/prunelab/checkpoints/resnet20_cifar10_jpg.pt")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, default=Path("runs/random_bench"))
+    parser.add_argument("--runs", type=Path, default=Path("runs/leagues/posttrain/arms"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/random_speed.json"))
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
@@ -38,6 +40,10 @@ def main() -> None:
     models = {"dense": prunelab.load(args.checkpoint).eval()}
     for path in sorted(args.runs.glob("*.pt")):
         models[path.stem] = prunelab.load(path).eval()
+    for path in sorted(args.runs.glob("*/model.pt")):  # a compare folder's arms
+        models[path.parent.name] = prunelab.load(path).eval()
+    if len(models) == 1:
+        raise SystemExit(f"no pruned models (*.pt or */model.pt) under {args.runs}")
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     torch.manual_seed(0)
     for layout in (False, True):
