@@ -1,9 +1,9 @@
 """DWR's optimum for the collected ResNet-20 points under the paper's and the measured cost.
 
-Reads bench/results/dwr_points.json (the 13 points of RESULTS §6, collected under the
-paper's schedule), fits the rank-1 K=3 accuracy model as `dwr` does, and maximises it
-on d*w^2*r^2 = T and on the engine-measured cost C(d, w, r) = T (within the collected
-range). The cost model is fitted on the committed checkpoint's architecture; the DBP
+Reads bench/results/dwr_points.json (the 13 points of bench/results/dwr.md, RESULTS §6,
+collected under the paper's schedule), fits the rank-1 K=3 accuracy model as `dwr` does,
+and maximises it on d*w^2*r^2 = T and on the engine-measured cost C(d, w, r) = T (within
+the collected range). The cost model is fitted on the committed checkpoint's architecture; the DBP
 block order it uses comes from probes on synthetic images, which does not change the
 cost (every removable ResNet-20 block costs the same).
 

@@ -45,6 +45,13 @@ RESULTS = Path("bench/results")
 COLLECT = Path("runs/dwr_bench/collect")
 BASELINE_LOG = Path("runs/baseline_resnet20/metrics.jsonl")
 MARKER = "<!-- notes: text below this line is kept when the report is regenerated -->"
+# The line under the title: RESULTS §6's text sits after MARKER (kept on regeneration).
+MOVED_NOTE = (
+    "This page holds the per-method details that were in [bench/RESULTS.md](../RESULTS.md) §6 "
+    "(moved [below the generated tables](#summary-from-benchresultsmd-moved-2026-12-02) "
+    "on 2026-12-02); the leaderboards in [bench/RESULTS.md](../RESULTS.md) are the current "
+    "head-to-head comparison."
+)
 TARGET = 0.5
 ARM_ORDER = ["depth", "width", "resolution", "3d"]
 
@@ -174,7 +181,12 @@ def _f(v: float | None, digits: int = 2) -> str:
 
 
 def write_report(points, arms, study, speed, baseline, out: Path) -> None:
-    lines = ["# DWR: depth, width and resolution pruned together (ResNet-20, CIFAR-10 JPEG)", ""]
+    lines = [
+        "# DWR: depth, width and resolution pruned together (ResNet-20, CIFAR-10 JPEG)",
+        "",
+        MOVED_NOTE,
+        "",
+    ]
     dense = next((a.get("dense_top1") for a in arms.values() if a.get("dense_top1")), None)
     lines += [
         "Method `dwr` (Wang et al., ICML 2021) from the committed dense ResNet-20 "

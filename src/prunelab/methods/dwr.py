@@ -400,7 +400,7 @@ class Collector:
         of the data it was trained on) sits above what any fine-tuned model reaches
         there (93.7 against 90.9 after one round on ResNet-20), and a separable model
         fitted through that outlier charges a steep first step to every dimension, so
-        it avoids mixing them (RESULTS §6).
+        it avoids mixing them (bench/results/dwr.md, RESULTS §6).
         """
         o = self.opts
         name = "origin" if o.origin == "checkpoint" else "origin_retrained"
