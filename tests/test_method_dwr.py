@@ -257,6 +257,27 @@ def test_collection_leaves_the_trained_model_untouched() -> None:
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_round_steps_shortens_the_collection_rounds_only(monkeypatch) -> None:
+    from prunelab.methods import dwr as dwr_module
+
+    seen = []
+    original = dwr_module.fit
+
+    def recording(task, model, subdir, **changes):
+        seen.append((subdir, changes.get("steps_per_epoch")))
+        return original(task, model, subdir, **changes)
+
+    monkeypatch.setattr(dwr_module, "fit", recording)
+    options = get_method("dwr")(rounds=1, round_epochs=1, round_steps=1, probe_batches=2).options
+    col = Collector(_task(), options)
+    col.dimension("width")
+    assert seen == [("collect/width_1", 1)]
+    assert col.settings()["round_steps"] == 1  # a cache of full rounds is refused
+    assert "round_steps" not in Collector(_task(), get_method("dwr")(**FAST).options).settings()
+    with pytest.raises(ConfigError, match="round_steps"):
+        get_method("dwr")(round_steps=0).run(_task())
+
+
 def test_origin_is_retrained_like_every_point_or_taken_as_is(three_d, monkeypatch) -> None:
     _, _, first, run_dir = three_d
     origin = first.info["points"][0]

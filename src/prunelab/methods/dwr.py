@@ -193,6 +193,7 @@ class Collector:
                 "eval_split": self.eval_split, "seed": self.task.seed,
                 "base_flops": self.base.flops, "pixels": self.r0, "cost": o.cost,
                 **({} if self.task.metric == "flops" else {"metric": self.task.metric}),
+                **({} if o.round_steps is None else {"round_steps": o.round_steps}),
                 }  # fmt: skip
 
     def removable(self, model: nn.Module) -> list[str]:
@@ -471,6 +472,8 @@ class Collector:
         o = self.opts
         self.say(f"{name}: fine-tuning {o.round_epochs} epoch(s) at {pixels} px")
         changes = {} if o.round_lr is None else {"lr": o.round_lr}
+        if o.round_steps is not None:
+            changes["steps_per_epoch"] = o.round_steps
         model, _, final = self.finetune(model, pixels, o.round_epochs, f"collect/{name}",
                                         **changes)  # fmt: skip
         model.prunelab_input_size = (self.channels, pixels, pixels)
@@ -675,6 +678,9 @@ class DWR(Method):
         rounds: int = 4
         # Fine-tune epochs after each collection round (paper: 40 CIFAR, 30 ImageNet).
         round_epochs: int = 40
+        # Steps per round fine-tune epoch (None: the task's train.steps_per_epoch, full
+        # epochs by default). Not in the paper: quick presets on a CPU use short rounds.
+        round_steps: int | None = None
         # Learning rate of the round fine-tunes (None: the task's train.lr).
         round_lr: float | None = None
         # Final fine-tune epochs (None: the task's train.epochs; paper: 80 CIFAR, 60 ImageNet).
@@ -724,6 +730,8 @@ class DWR(Method):
             raise InfeasibleBudgetError(f"target must be in (0, 1], got {task.target}")
         if o.rounds < 1 or o.round_epochs < 0 or o.degree < 1 or o.rank < 1:
             raise ConfigError("rounds, degree and rank must be >= 1, round_epochs >= 0")
+        if o.round_steps is not None and o.round_steps < 1:
+            raise ConfigError("round_steps must be >= 1 (or null for full epochs)")
         if o.model not in ("separable", "full"):
             raise ConfigError(f"model must be 'separable' or 'full', got {o.model!r}")
         if o.origin not in ("retrained", "checkpoint"):
