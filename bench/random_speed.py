@@ -9,8 +9,9 @@ arm). Takes the whole machine, so run it alone and short:
     PRUNELAB_SLOT_ALL=1 bench/slot .venv/bin/python bench/random_speed.py \
         --runs runs/leagues/posttrain/arms
 
-Writes bench/results/random_speed.json: per model and setting the median ms
-and the speedup over the dense model in the same layout.
+Writes per model and setting the median ms and the speedup over the dense model in
+the same layout to `--out` (default: speed.json beside a compare folder's arms, or
+bench/results/random_speed.json for a folder of .pt files).
 """
 
 from __future__ import annotations
@@ -27,12 +28,15 @@ from prunelab.atomic import atomic_write_bytes
 from prunelab.metrics import compare_latency, compare_train_step
 
 CHECKPOINT = Path("src/prunelab/checkpoints/resnet20_cifar10_jpg.pt")
+RECORD = Path("bench/results/random_speed.json")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/leagues/posttrain/arms"))
-    parser.add_argument("--out", type=Path, default=Path("bench/results/random_speed.json"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: speed.json beside a compare folder's arms/, else "
+                             "bench/results/random_speed.json (the random-pruning record)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     args = parser.parse_args()
@@ -44,6 +48,9 @@ def main() -> None:
         models[path.parent.name] = prunelab.load(path).eval()
     if len(models) == 1:
         raise SystemExit(f"no pruned models (*.pt or */model.pt) under {args.runs}")
+    if args.out is None:  # never overwrite the random-pruning record with a league's timings
+        league = any(args.runs.glob("*/model.pt"))
+        args.out = args.runs.parent / "speed.json" if league else RECORD
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     torch.manual_seed(0)
     for layout in (False, True):
