@@ -35,8 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs/leagues/posttrain/arms"))
     parser.add_argument("--out", type=Path, default=None,
-                        help="default: speed.json beside a compare folder's arms/, else "
-                             "bench/results/random_speed.json (the random-pruning record)")  # fmt: skip
+                        help=f"default: speed.json beside a compare folder's arms/, else {RECORD}")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     args = parser.parse_args()
