@@ -43,13 +43,13 @@ def main() -> None:
     models = {"dense": prunelab.load(args.checkpoint).eval()}
     for path in sorted(args.runs.glob("*.pt")):
         models[path.stem] = prunelab.load(path).eval()
-    for path in sorted(args.runs.glob("*/model.pt")):  # a compare folder's arms
+    arms = sorted(args.runs.glob("*/model.pt"))  # a compare folder's arms
+    for path in arms:
         models[path.parent.name] = prunelab.load(path).eval()
     if len(models) == 1:
         raise SystemExit(f"no pruned models (*.pt or */model.pt) under {args.runs}")
     if args.out is None:  # never overwrite the random-pruning record with a league's timings
-        league = any(args.runs.glob("*/model.pt"))
-        args.out = args.runs.parent / "speed.json" if league else RECORD
+        args.out = args.runs.parent / "speed.json" if arms else RECORD
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in models}
     torch.manual_seed(0)
     for layout in (False, True):

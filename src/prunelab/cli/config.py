@@ -41,7 +41,7 @@ LATENCY = {"batch": 8, "threads": 2, "repeats": 20}  # `latency:` options and th
 # The offline default of `prunelab prune` (and `make demo`): the arm the post-training
 # leaderboard (configs/compare/posttrain_resnet20_cifar10.yaml, bench/RESULTS.md) ranks first,
 # where a lead under 0.5 counts only with two seeds and a two-seed tie under 0.5 goes to the
-# arm of least wall time (uniform + kd: 86.92, chex-pretrained + kd 86.97), on a quick preset:
+# arm of least wall time (uniform + kd; the figures are in bench/RESULTS.md), on a quick preset:
 # the committed CIFAR-10 (JPEG) ResNet-20, uniform L1 to half its FLOPs, 2 epochs of
 # fine-tuning. `make demo` adds the winner's distillation from the dense model (DEMO_DISTILL in
 # the Makefile; not a default here, so that `prunelab prune method=chex checkpoint=null` needs
