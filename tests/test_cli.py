@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from prunelab import io
 from prunelab.cli import main
 from prunelab.cli.config import build_config, parse_override
 from prunelab.errors import ConfigError
+from prunelab.models.layers import reinitialise
 
 SYNTH = [
     "data.name=synthetic", "data.n_train=128", "data.n_test=64", "data.batch_size=32",
@@ -118,6 +120,35 @@ def test_train_with_average_saves_the_averaged_weights(tmp_path: Path) -> None:
                                                                   "start_epoch": 1}
 
 
+def test_train_reinit_trains_a_pruned_architecture_from_fresh_weights(tmp_path: Path) -> None:
+    """`reinit=true` keeps the checkpoint's (pruned) shapes and replaces its weights with the
+    zoo initialisation for the seed; at a vanishing lr the saved weights are exactly those."""
+    train_dir, prune_dir = tmp_path / "train", tmp_path / "prune"
+    assert main(["train", "model=resnet20", *SYNTH, "--quiet", "--run-dir", str(train_dir)]) == 0
+    assert main(["prune", f"checkpoint={train_dir / 'model.pt'}", "method=uniform", "target=0.5",
+                 *SYNTH, "--quiet", "--run-dir", str(prune_dir)]) == 0  # fmt: skip
+    pruned = prune_dir / "model.pt"
+    still = ["train.lr=1e-12", "train.momentum=0", "train.nesterov=false", "train.weight_decay=0",
+             "seed=3"]
+    runs = {}
+    for name, extra in (("fresh", ["reinit=true"]), ("again", ["reinit=true"]), ("kept", [])):
+        run = tmp_path / name
+        args = ["train", f"checkpoint={pruned}", *SYNTH, *still, *extra, "--quiet"]
+        assert main([*args, "--run-dir", str(run)]) == 0
+        runs[name] = io.load(run / "model.pt").state_dict()
+    source = io.load(pruned).state_dict()
+    expected = reinitialise(io.load(pruned), 3).state_dict()
+    convs = [k for k, v in source.items() if k.endswith("weight") and v.dim() == 4]
+    assert convs and {k: v.shape for k, v in runs["fresh"].items()} == {
+        k: v.shape for k, v in source.items()
+    }
+    for k in convs:
+        assert torch.allclose(runs["fresh"][k], expected[k], atol=1e-6), k
+        assert torch.equal(runs["fresh"][k], runs["again"][k]), k
+        assert torch.allclose(runs["kept"][k], source[k], atol=1e-6), k
+    assert not any(torch.allclose(runs["fresh"][k], source[k], atol=1e-3) for k in convs)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -131,6 +162,9 @@ def test_train_with_average_saves_the_averaged_weights(tmp_path: Path) -> None:
         (["train", "model=resnet20", "average.start_epoch=1", *SYNTH], "nothing would be averaged"),
         (["train", "model=resnet20", "average.decya=0.9", *SYNTH], "unknown average option"),
         (["prune", "average.decay=0.9", *SYNTH], "applies to `prunelab train`"),
+        (["prune", "reinit=true", *SYNTH], "applies to `prunelab train checkpoint=PATH`"),
+        (["train", "model=resnet20", "reinit=true", *SYNTH], "give checkpoint=PATH"),
+        (["train", "model=resnet20", "reinit=maybe", *SYNTH], "reinit='maybe' must be true"),
         (["prune", "model=resnet20", "checkpoint=null", "data.name=cifar10_jpg",
           "data.root=/nonexistent"], "/nonexistent"),
     ],

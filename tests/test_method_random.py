@@ -15,8 +15,9 @@ from prunelab.graph import prune, trace
 from prunelab.graph.cost import base_cost, plan_cost
 from prunelab.methods import PruneTask, get_method
 from prunelab.methods.finetune import recalibrate_bn
-from prunelab.methods.random_scoring import reconstruct, reinitialise, replay
+from prunelab.methods.random_scoring import reconstruct, replay
 from prunelab.methods.random_search import sample_architectures
+from prunelab.models.layers import reinitialise
 from prunelab.train import TrainConfig
 
 X = torch.zeros(1, 3, 16, 16)

@@ -4,6 +4,8 @@ A configuration is a nested dict with these top-level keys:
 
     model: resnet20              # zoo name (prunelab models)
     checkpoint: path or null     # a prunelab.save file to start from
+    reinit: false                # `prunelab train`: fresh weights for the checkpoint's
+                                 # (pruned) architecture, i.e. train it from scratch
     reference: path or null      # a trained dense model to compare with when training from scratch
     data: {name: cifar10_jpg, batch_size: 128, holdout: 0, ...}   # build_data arguments
     method: {name: random, <option>: value, ...}                  # prunelab methods
@@ -33,7 +35,7 @@ from prunelab.errors import ConfigError
 
 TOP_LEVEL = {
     "model", "checkpoint", "reference", "data", "method", "target", "metric", "train", "latency",
-    "seed", "run_dir", "quiet", "name", "average", "model_args",
+    "seed", "run_dir", "quiet", "name", "average", "model_args", "reinit",
 }  # fmt: skip
 
 LATENCY = {"batch": 8, "threads": 2, "repeats": 20}  # `latency:` options and their defaults
@@ -182,8 +184,9 @@ def check_config(config: dict[str, Any]) -> None:
     seed = config.get("seed", 0)
     if not _fits(seed, int) or not 0 <= seed < 2**63:
         raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
-    if not isinstance(config.get("quiet", False), bool):
-        raise ConfigError(f"quiet={config['quiet']!r} must be true or false")
+    for key in ("quiet", "reinit"):
+        if not isinstance(config.get(key, False), bool):
+            raise ConfigError(f"{key}={config[key]!r} must be true or false")
     if not isinstance(config.get("method") or {}, dict):
         raise ConfigError("config 'method' must be a method name or a mapping with a name")
     from prunelab.latency_table import LatencySpec  # keys, types and ranges of `latency:`

@@ -48,6 +48,9 @@ def run_prune(config: dict[str, Any]) -> dict[str, Any]:
     if config.get("average"):
         raise ConfigError("average (weight averaging) applies to `prunelab train`, not to prune; "
                           "a method's fine-tuning keeps its last weights")
+    if config.get("reinit"):
+        raise ConfigError("reinit (fresh weights for a pruned architecture) applies to "
+                          "`prunelab train checkpoint=PATH`, not to prune")
     check_inputs(config)
     name, method = make_method(config)
     target = float(config.get("target", 0.5))

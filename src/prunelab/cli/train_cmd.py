@@ -24,6 +24,7 @@ from prunelab.cli.setup import (
 )
 from prunelab.errors import ConfigError
 from prunelab.metrics import count
+from prunelab.models.layers import reinitialise
 from prunelab.report import SUMMARY_NAME, ModelStats, format_table, plots, write_run_report
 from prunelab.train import CHECKPOINT_NAME, Trainer, WeightAveraging, seed_everything
 from prunelab.train import distributed as D
@@ -42,9 +43,17 @@ def run_train(config: dict[str, Any]) -> dict[str, Any] | None:
     check_writable(out)
     if train.resume:
         check_resumable(out)
+    if config.get("reinit") and not config.get("checkpoint"):
+        raise ConfigError("reinit=true re-initialises a checkpoint's architecture: give "
+                          "checkpoint=PATH (a zoo model starts from fresh weights anyway)")
     seed_everything(train.seed)  # before anything random: the model's initial weights
     data = make_data(config)
     model = make_model(config, data)
+    if config.get("reinit"):
+        # a pruned architecture trained from scratch (the baseline of Liu et al., "Rethinking
+        # the Value of Network Pruning", 2019): it separates what a method's architecture is
+        # worth from what its inherited weights are worth
+        reinitialise(model, train.seed)
     if ctx.is_main:  # the run starts: everything it needs was found
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump(config))

@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from prunelab.data import DataBundle
 from prunelab.graph.plan import Plan
 from prunelab.methods.finetune import accuracy, recalibrate_bn
-from prunelab.models.layers import init_weights
 
 SCORING_MODES = ("bn", "finetune", "reconstruct")
 
@@ -199,20 +198,3 @@ def score_candidate(
     elif setup.mode not in ("bn", "finetune"):
         raise ValueError(f"unknown scoring mode {setup.mode!r}; use one of {SCORING_MODES}")
     return accuracy(pruned, setup.data.holdout, setup.eval_batches)
-
-
-def reinitialise(model: nn.Module, seed: int) -> nn.Module:
-    """Fresh weights for a (pruned) model, as training from scratch starts.
-
-    Each layer's own `reset_parameters` (which also clears BN statistics),
-    then the zoo's initialisation (Kaiming fan-out convolutions, BN 1 and 0);
-    `seed` makes it repeatable without touching the global random state.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for m in model.modules():
-            reset = getattr(m, "reset_parameters", None)
-            if callable(reset):
-                reset()
-        init_weights(model)
-    return model

@@ -49,9 +49,9 @@ from prunelab.methods.latency_budget import LatencyBudget, check_round_to, resol
 from prunelab.methods.random_scoring import (
     SCORING_MODES,
     ScoringSetup,
-    reinitialise,
     score_candidate,
 )
+from prunelab.models.layers import reinitialise
 from prunelab.train.loop import resolve_device
 
 Counts = dict[int, int]  # kept units per group index

@@ -8,6 +8,7 @@ node of a traced graph has its own module.
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 __all__ = ["conv1x1", "conv3x3", "init_weights"]
@@ -38,3 +39,20 @@ def init_weights(model: nn.Module) -> None:
         elif isinstance(module, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
+
+
+def reinitialise(model: nn.Module, seed: int) -> nn.Module:
+    """Fresh weights for a (pruned) model, as training from scratch starts.
+
+    Each layer's own `reset_parameters` (which also clears BN statistics),
+    then the zoo's initialisation (Kaiming fan-out convolutions, BN 1 and 0);
+    `seed` makes it repeatable without touching the global random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+        init_weights(model)
+    return model
