@@ -306,6 +306,37 @@ def test_conv_bias_is_folded_through_the_whitening() -> None:
     assert torch.allclose(folded(x), net(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("bn_stats", ["matched", "identity"])
+def test_exported_batch_norm_keeps_training_mode_close_to_evaluation(bn_stats: str) -> None:
+    """A fine-tune (BWCP*) runs the export in training mode: with statistics matched to the
+    folded conv's output, its batch statistics reproduce the evaluation map; the identity
+    statistics only agree in evaluation (they normalise z and subtract its mean again)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=True), nn.BatchNorm2d(8), nn.ReLU())
+    with torch.no_grad():
+        net[0].bias.normal_()
+        net[1].weight.uniform_(0.5, 2.0)
+        net[1].bias.normal_()
+    pairs = conv_bn_pairs(net)
+    net[1] = BatchWhitening2d.from_batchnorm(net[1], group_size=4)
+    net[1].momentum = None  # running moments = those of the one batch below
+    x = torch.randn(64, 3, 6, 6) * 2 + 1
+    net.train()
+    net(x)
+    net.eval()
+    with torch.no_grad():
+        reference = net(x)
+    folded = fold_and_prune(net, pairs, {}, x[:1], bn_stats=bn_stats)
+    with torch.no_grad():
+        assert torch.allclose(folded.eval()(x), reference, atol=1e-4)
+        train_mode = folded.train()(x)
+    drift = float((train_mode - reference).abs().max())
+    if bn_stats == "matched":
+        assert drift < 1e-2 * float(reference.abs().max()), drift
+    else:
+        assert drift > 0.1 * float(reference.abs().max()), drift
+
+
 def test_pre_activation_norm_layers_are_rejected() -> None:
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
     with pytest.raises(UnsupportedModelError, match="after a convolution"):

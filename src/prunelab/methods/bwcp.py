@@ -92,7 +92,7 @@ from prunelab.graph.cost import base_cost, cost_of_masks
 from prunelab.latency_table import LatencyTable
 from prunelab.layers import BatchWhitening2d, convert_batchnorm
 from prunelab.methods.base import Method, PruneResult, PruneTask, register_method
-from prunelab.methods.bwcp_export import finish, norms_added_together, split_norms
+from prunelab.methods.bwcp_export import BN_STATS, finish, norms_added_together, split_norms
 from prunelab.methods.bwcp_preact import PreActNorm, describe_preact, preact_cost
 from prunelab.methods.finetune import fit, recalibrate_bn
 from prunelab.methods.latency_budget import LatencyBudget
@@ -513,6 +513,9 @@ class BWCPOptions:
     # the training recipe at `finetune_lr` (None: the recipe's lr). 0: plain BWCP.
     finetune_epochs: int = 0
     finetune_lr: float | None = None
+    # Statistics of the BatchNorm2d each BW layer folds into (bwcp_export): "matched" (z's
+    # own, so a fine-tune starts where the export stands) or "identity" (the earlier export)
+    export_bn: str = "matched"
 
     def validate(self) -> None:
         for name in ("sampling", "warmup_sampling"):
@@ -529,6 +532,8 @@ class BWCPOptions:
             raise ConfigError("bwcp whiten_only must be a list of layer-name patterns")
         if self.finetune_epochs < 0 or (self.finetune_lr is not None and self.finetune_lr <= 0):
             raise ConfigError("bwcp finetune_epochs must be >= 0 and finetune_lr > 0")
+        if self.export_bn not in BN_STATS:
+            raise ConfigError(f"bwcp export_bn={self.export_bn!r}: choose one of {BN_STATS}")
         if self.sharpen < 0:
             raise ConfigError(f"bwcp sharpen must be >= 0 (0: off), got {self.sharpen}")
         if self.temperature <= 0:

@@ -3,10 +3,19 @@
 A BW layer in evaluation mode is an affine map of its input, y = m ⊙ (A x + b)
 with A block-diagonal (`BatchWhitening2d.affine`) and m the hard channel mask.
 Its input is the output of one convolution, so A goes into that
-convolution's filters (W' = A W) and the shift b into a BatchNorm2d with
-identity statistics (running mean 0, running variance 1 − ε, weight 1): a
+convolution's filters (W' = A W) and the shift b into a BatchNorm2d: a
 convolution without a bias never gains one, and the model keeps the zoo
-architecture, so `prunelab.save`/`load` rebuild it from its recipe. Masked
+architecture, so `prunelab.save`/`load` rebuild it from its recipe. That
+BatchNorm2d carries the statistics the folded convolution's output z = A x
+has by the BW layer's running moments (mean A μ, variance diag(A Σ Aᵀ)), with
+weight √(var + ε) and bias b + mean: in evaluation it adds b, as the BW layer
+did, and in training (batch statistics ≈ those) it still computes about
+z + b, so the exported model can be fine-tuned (BWCP*) from where it stands.
+`bn_stats="identity"` keeps the earlier export (running mean 0, variance
+1 − ε, weight 1): the same evaluation map, but in training mode it
+normalises z to unit variance and subtracts its mean a second time, which
+cost the 40-epoch BWCP* run 17 points of train top-1 in its first fine-tune
+epoch (bench/results/bwcp.md). Masked
 channels then output exactly zero and the engine removes them physically.
 A pre-activation norm layer (BN -> ReLU -> conv) has no convolution of its
 own to fold into; it becomes a `SelectedNorm2d` (`bwcp_preact`).
@@ -48,6 +57,7 @@ if TYPE_CHECKING:
     from prunelab.methods.bwcp import BWCPCallback, BWCPOptions, ChannelGates
 
 __all__ = [
+    "BN_STATS",
     "conv_bn_pairs",
     "finish",
     "fold_and_prune",
@@ -189,16 +199,43 @@ def _block_diag_times(a: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return (a @ flat).reshape(rows.shape)
 
 
-def _identity_bn(layer: BatchWhitening2d, shift: torch.Tensor) -> nn.BatchNorm2d:
-    """A BatchNorm2d that computes x + shift in evaluation mode."""
+BN_STATS = ("matched", "identity")
+
+
+def _folded_bn(
+    layer: BatchWhitening2d,
+    a: torch.Tensor,
+    shift: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    bn_stats: str = "matched",
+) -> nn.BatchNorm2d:
+    """A BatchNorm2d computing z + shift in evaluation mode, z = A x the folded conv's output.
+
+    "matched": running statistics are z's under the BW layer's running moments of x
+    (minus the conv bias the fold removes), so training-mode batch statistics agree
+    with them; "identity": mean 0, variance 1 − ε, weight 1 (agrees in evaluation only).
+    """
     ref = layer.weight
     bn = nn.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum)
     bn.to(device=ref.device, dtype=ref.dtype)
-    bn.weight.fill_(1.0)
-    bn.bias.copy_(shift)
-    bn.running_mean.zero_()
-    bn.running_var.fill_(1.0 - layer.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
     bn.num_batches_tracked.copy_(layer.num_batches_tracked)
+    if bn_stats == "identity":
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(shift)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - layer.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
+        return bn
+    groups, g = layer.groups, layer.group_size
+    mean_x = layer.running_mean if conv_bias is None else layer.running_mean - conv_bias
+    std = layer.running_var.clamp_min(0.0).sqrt().view(groups, g)
+    cov_x = std.unsqueeze(2) * layer.running_corr * std.unsqueeze(1)  # Σ per group
+    mean_z = (a @ mean_x.view(groups, g, 1)).reshape(-1)
+    var_z = torch.diagonal(a @ cov_x @ a.transpose(1, 2), dim1=1, dim2=2).reshape(-1)
+    var_z = var_z.clamp_min(0.0)
+    bn.running_mean.copy_(mean_z)
+    bn.running_var.copy_(var_z)
+    bn.weight.copy_((var_z + layer.eps).sqrt())  # undoes the normalisation by those statistics
+    bn.bias.copy_(shift + mean_z)
     return bn
 
 
@@ -210,6 +247,7 @@ def fold_and_prune(
     example_input: torch.Tensor,
     preact: Mapping[str, list[str]] | None = None,
     shortcuts: bool = True,
+    bn_stats: str = "matched",
 ) -> nn.Module:
     """The plain, physically pruned model computing what `model` computes in eval mode.
 
@@ -219,7 +257,8 @@ def fold_and_prune(
     get the mask multiplied into their scale and shift. Pre-activation norm
     layers (`preact`: name -> its consumers) become `SelectedNorm2d` layers
     reading only what they keep (`bwcp_preact`), and a produced channel no
-    layer reads is removed (`shortcuts=False`: not from residual streams). The
+    layer reads is removed (`shortcuts=False`: not from residual streams).
+    `bn_stats` sets the folded BatchNorm2d's statistics (`_folded_bn`). The
     input model is not changed.
     """
     out = copy.deepcopy(model).eval()
@@ -243,10 +282,11 @@ def fold_and_prune(
                     "whitening after a grouped convolution", bn_name, "use group_size 1 there"
                 )
             conv.weight.copy_(_block_diag_times(a, conv.weight))
+            bias = None if conv.bias is None else conv.bias.clone()
             if conv.bias is not None:  # fold the bias through A into the shift
                 shift = shift + _block_diag_times(a, conv.bias)
                 conv.bias.zero_()
-            out.set_submodule(bn_name, _identity_bn(layer, shift))
+            out.set_submodule(bn_name, _folded_bn(layer, a, shift, bias, bn_stats))
         elif scale is not None:
             layer.weight.mul_(scale)
             layer.bias.mul_(scale)
@@ -337,7 +377,7 @@ def finish(
     gates.remove()
     pruned = fold_and_prune(
         model, gates.pairs, channel_masks, x,
-        {n: p.consumers for n, p in gates.preact.items()}, gates.shortcuts,
+        {n: p.consumers for n, p in gates.preact.items()}, gates.shortcuts, opts.export_bn,
     )  # fmt: skip
     with torch.no_grad():
         diff = float((pruned(check) - reference).abs().max())
