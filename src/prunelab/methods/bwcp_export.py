@@ -15,7 +15,7 @@ z + b, so the exported model can be fine-tuned (BWCP*) from where it stands.
 1 − ε, weight 1): the same evaluation map, but in training mode it
 normalises z to unit variance and subtracts its mean a second time, which
 cost the 40-epoch BWCP* run 17 points of train top-1 in its first fine-tune
-epoch (bench/results/bwcp.md). Masked
+epoch (bench/RESULTS.md, the BWCP finding). Masked
 channels then output exactly zero and the engine removes them physically.
 A pre-activation norm layer (BN -> ReLU -> conv) has no convolution of its
 own to fold into; it becomes a `SelectedNorm2d` (`bwcp_preact`).
