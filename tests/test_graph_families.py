@@ -119,7 +119,9 @@ def test_aux_heads_are_pruned_with_the_trunk_and_the_pruned_model_trains(name: s
         torch.manual_seed(1)  # the same dropout in both
         outs.append(net(x))
     assert type(outs[1]).__name__.endswith("Outputs")
-    assert output_difference(outs[0], outs[1]) < 1e-4
+    # train-mode BN on a batch of two through ~90 layers amplifies float rounding: a CI run
+    # measured 1.01e-4 on inception_v3 (a real error is of order 1)
+    assert output_difference(outs[0], outs[1]) < 5e-4
     y = torch.tensor([1, 2])
     loss = sum(nn.functional.cross_entropy(o, y) for o in outs[1] if o is not None)
     loss.backward()
