@@ -31,6 +31,7 @@ import torch.nn as nn
 import prunelab
 from prunelab.atomic import atomic_write_text
 from prunelab.data import build_data
+from prunelab.methods.bwcp_export import carry_statistics
 from prunelab.methods.finetune import accuracy
 from prunelab.train import TrainConfig, Trainer
 
@@ -62,12 +63,7 @@ def match_statistics(model: nn.Module, loader: Any, batches: int) -> nn.Module:
         h.remove()
     for name, bn in norms.items():
         z = torch.cat(sums[name], dim=1)
-        mean, var = z.mean(1), z.var(1)
-        shift = bn.bias.clone()
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.weight.copy_((var + bn.eps).sqrt())
-        bn.bias.copy_(shift + mean)
+        carry_statistics(bn, bn.bias.clone(), z.mean(1), z.var(1))
     return out
 
 

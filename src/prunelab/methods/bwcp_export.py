@@ -58,6 +58,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BN_STATS",
+    "carry_statistics",
     "conv_bn_pairs",
     "finish",
     "fold_and_prune",
@@ -232,11 +233,19 @@ def _folded_bn(
     mean_z = (a @ mean_x.view(groups, g, 1)).reshape(-1)
     var_z = torch.diagonal(a @ cov_x @ a.transpose(1, 2), dim1=1, dim2=2).reshape(-1)
     var_z = var_z.clamp_min(0.0)
-    bn.running_mean.copy_(mean_z)
-    bn.running_var.copy_(var_z)
-    bn.weight.copy_((var_z + layer.eps).sqrt())  # undoes the normalisation by those statistics
-    bn.bias.copy_(shift + mean_z)
+    carry_statistics(bn, shift, mean_z, var_z)
     return bn
+
+
+@torch.no_grad()
+def carry_statistics(
+    bn: nn.BatchNorm2d, shift: torch.Tensor, mean: torch.Tensor, var: torch.Tensor
+) -> None:
+    """Make `bn` compute z + shift in evaluation while holding z's statistics (mean, var)."""
+    bn.running_mean.copy_(mean)
+    bn.running_var.copy_(var)
+    bn.weight.copy_((var + bn.eps).sqrt())  # undoes the normalisation by those statistics
+    bn.bias.copy_(shift + mean)
 
 
 @torch.no_grad()
