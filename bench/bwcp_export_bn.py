@@ -10,7 +10,8 @@ This script takes a model exported the earlier way (the from-scratch league's bw
 re-expresses each identity BatchNorm2d with z's statistics measured on training batches
 (the same evaluation map), and reports for both versions: test top-1 in evaluation, test
 top-1 with training-mode BatchNorm (batch statistics, what the first fine-tune step
-sees), and the test top-1 after one fine-tune epoch at BWCP*'s lr.
+sees; on shuffled test batches, as the test loader is sorted by class), and the test
+top-1 after one fine-tune epoch at BWCP*'s lr.
 
     PRUNELAB_DATA=... python bench/bwcp_export_bn.py \
         bench/results/leagues/scratch/arms/bwcp-s0/model.pt --out bench/results/bwcp_export_bn.json
@@ -67,9 +68,18 @@ def match_statistics(model: nn.Module, loader: Any, batches: int) -> nn.Module:
     return out
 
 
+def shuffled(loader: Any, seed: int = 0) -> Any:
+    """The same data in a fixed random order: the test loader is sorted by class, and a
+    training-mode BatchNorm over a one-class batch measures the batch, not the model."""
+    out = copy.copy(loader)
+    out.shuffle = True
+    out.generator = torch.Generator().manual_seed(seed)
+    return out
+
+
 @torch.no_grad()
 def train_mode_accuracy(model: nn.Module, loader: Any) -> float:
-    """Test top-1 with BatchNorm on batch statistics (running statistics left untouched)."""
+    """Top-1 with BatchNorm on batch statistics (running statistics left untouched)."""
     probe = copy.deepcopy(model).train()
     for m in probe.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -110,7 +120,7 @@ def main() -> None:
     rows = {}
     for name, m in (("identity", model), ("matched", matched)):
         rows[name] = {"eval_top1": accuracy(m, data.test),
-                      "train_mode_top1": train_mode_accuracy(m, data.test)}  # fmt: skip
+                      "train_mode_top1": train_mode_accuracy(m, shuffled(data.test))}  # fmt: skip
         if not args.no_finetune:
             rows[name]["after_one_epoch"] = one_epoch(m, data, args.lr, seed=0)
         print(name, rows[name], flush=True)
