@@ -24,6 +24,7 @@ from prunelab.data import (
     cutout,
     draw_crop_flip,
     draw_cutout,
+    in_random_order,
     load_image_archive,
     make_synthetic,
     normalize,
@@ -474,3 +475,37 @@ def test_registry_errors():
         build_data("synthetic", n_trian=10)
     with pytest.raises(ConfigError, match="batch_size"):
         build_data("synthetic", batch_size=0)
+
+
+def _class_sorted_loader(n: int = 60, classes: int = 3, batch: int = 10) -> TensorLoader:
+    """A loader over images sorted by label, the order an image folder's test split has."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8, generator=g)
+    labels = torch.arange(n) * classes // n
+    return TensorLoader(images, labels, batch_size=batch, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def test_in_random_order_mixes_a_class_sorted_split_and_leaves_it_alone():
+    loader = _class_sorted_loader(classes=2)
+    before = [y for _, y in loader]
+    state = loader.generator.get_state()
+    mixed = in_random_order(loader, seed=3)
+    ys = [y for _, y in mixed]
+    first_half, second_half = torch.cat(ys[:3]), torch.cat(ys[3:])
+    assert set(first_half.tolist()) == set(second_half.tolist()) == {0, 1}
+    assert set(torch.cat(before[:3]).tolist()).isdisjoint(torch.cat(before[3:]).tolist())
+    # every sample once, the same order for the same seed, the original untouched
+    assert sorted(torch.cat(ys).tolist()) == sorted(torch.cat(before).tolist())
+    again = [y for _, y in in_random_order(loader, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(ys, again, strict=True))
+    assert torch.equal(loader.generator.get_state(), state) and not loader.shuffle
+    assert all(torch.equal(a, b) for a, b in zip(before, [y for _, y in loader], strict=True))
+
+
+def test_in_random_order_mixes_an_image_folder_split(tmp_path: Path):
+    _write_folder(tmp_path)
+    data = build_data("imagefolder", root=tmp_path, image_size=12, batch_size=3, workers=0)
+    plain = torch.cat([y for _, y in data.test]).tolist()
+    mixed = torch.cat([y for _, y in in_random_order(data.test, seed=1)]).tolist()
+    assert plain == sorted(plain) and sorted(mixed) == plain and mixed != plain
+    assert not data.test.shuffle

@@ -257,6 +257,39 @@ def test_collection_leaves_the_trained_model_untouched() -> None:
     assert all(torch.equal(after[k], v) for k, v in before.items())
 
 
+def test_dbp_probes_see_every_class_in_both_halves_of_a_class_sorted_split(monkeypatch) -> None:
+    # an image folder's hold-out is sorted by class: in its own order the probes were fitted
+    # on the first classes and scored on the others (probe_order "split", kept selectable)
+    from prunelab.methods import dwr as dwr_module
+
+    data = build_data("synthetic", batch_size=16, n_train=128, n_test=16, holdout=64,
+                      image_size=16, num_classes=4, seed=0)  # fmt: skip
+    hold = data.holdout
+    hold.indices = hold.indices[hold.labels[hold.indices].argsort(stable=True)]
+    torch.manual_seed(0)
+    model = prunelab.create("resnet20", num_classes=4, widths=(4, 8, 8))
+    task = PruneTask(model=model, data=data, target=0.5, quiet=True,
+                     train=TrainConfig(epochs=1, steps_per_epoch=2, quiet=True))  # fmt: skip
+    seen = {}
+
+    def capture(model, blocks, fit, score, num_classes):
+        seen["fit"] = set(torch.cat([y for _, y in fit]).tolist())
+        seen["score"] = set(torch.cat([y for _, y in score]).tolist())
+        return {b: 0.0 for b in blocks}
+
+    monkeypatch.setattr(dwr_module, "dbp_importance", capture)
+    for order in ("random", "split"):
+        col = Collector(task, get_method("dwr")(**{**FAST, "probe_batches": 4},
+                                                probe_order=order).options)  # fmt: skip
+        col.dbp(col.model0, col.blocks0)
+        if order == "random":
+            assert seen["fit"] == seen["score"] == {0, 1, 2, 3}
+        else:
+            assert max(seen["fit"]) <= min(seen["score"])  # first classes fit, last scored
+    with pytest.raises(ConfigError, match="probe_order"):
+        get_method("dwr")(**FAST, probe_order="sorted").run(_task())
+
+
 def test_round_steps_shortens_the_collection_rounds_only(monkeypatch) -> None:
     from prunelab.methods import dwr as dwr_module
 

@@ -55,6 +55,7 @@ from prunelab.data.registry import (
     Loader,
     available_data,
     build_data,
+    in_random_order,
     register_data,
     split_holdout,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "draw_crop_flip",
     "draw_cutout",
     "imagenet_transforms",
+    "in_random_order",
     "load_cifar10_jpg",
     "load_cifar_pickled",
     "load_image_archive",

@@ -8,6 +8,7 @@ seed, resolution) mean the same thing for every data set.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import os
 import typing
@@ -167,6 +168,28 @@ def common_data_options() -> dict[str, Any]:
     """The options every data set takes (build_data's keywords), with their type hints."""
     hints = typing.get_type_hints(build_data)
     return {k: hints[k] for k in _COMMON}
+
+
+def in_random_order(loader: Loader, seed: int = 0) -> Loader:
+    """A copy of `loader` that visits its samples in a fixed random order.
+
+    Hold-out and test loaders keep the data set's order, which for image folders
+    is sorted by class: the first batches are one class, and two halves of the
+    split hold different classes. Code that takes a prefix of a split or halves
+    it (DBP's probes fit on one half, scored on the other) must draw from this
+    copy. The copy has its own generator (the original's epochs are untouched)
+    and shares the samples. A loader with no `shuffle` switch is returned as is.
+    """
+    if not hasattr(loader, "shuffle"):
+        return loader
+    out = copy.copy(loader)
+    out.shuffle = True  # type: ignore[attr-defined]
+    out.epoch = 0
+    if isinstance(getattr(loader, "generator", None), torch.Generator):
+        out.generator = torch.Generator().manual_seed(seed)  # type: ignore[attr-defined]
+    else:  # FolderLoader: its sampler seeds a generator from (seed, epoch)
+        out.seed = seed  # type: ignore[attr-defined]
+    return out
 
 
 def split_holdout(n: int, holdout: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

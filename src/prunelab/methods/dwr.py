@@ -54,7 +54,7 @@ import torch.nn as nn
 
 from prunelab import planners
 from prunelab.atomic import atomic_write_text
-from prunelab.data import DataBundle, Loader
+from prunelab.data import DataBundle, Loader, in_random_order
 from prunelab.errors import ConfigError, InfeasibleBudgetError
 from prunelab.graph import ChannelMask, Plan, prune, trace
 from prunelab.graph.blocks import find_removable_blocks, remove_blocks, zero_branches
@@ -192,6 +192,7 @@ class Collector:
                 "round_epochs": o.round_epochs, "round_lr": o.round_lr,
                 "eval_split": self.eval_split, "seed": self.task.seed,
                 "base_flops": self.base.flops, "pixels": self.r0, "cost": o.cost,
+                "probe_order": o.probe_order,
                 **({} if self.task.metric == "flops" else {"metric": self.task.metric}),
                 **({} if o.round_steps is None else {"round_steps": o.round_steps}),
                 }  # fmt: skip
@@ -307,6 +308,9 @@ class Collector:
         loader = _loader(self.task.data, self.opts.probe_split)
         if loader is None:
             loader = self.task.data.train
+        if self.opts.probe_order == "random":
+            # the hold-out split is sorted by class: its halves would hold different classes
+            loader = in_random_order(loader, seed=self.task.seed)
         batches = []
         for i, (x, y) in enumerate(loader):
             if i >= self.opts.probe_batches:
@@ -697,6 +701,10 @@ class DWR(Method):
         # DBP: batches of `probe_split` for the linear probes (half fit, half scored).
         probe_batches: int = 40
         probe_split: str = "holdout"
+        # "random": the probe batches drawn in a fixed random order, so both halves hold every
+        # class; "split": the split's own order (sorted by class for image folders; the
+        # behaviour before 2026-12-03, which fitted probes on half the classes)
+        probe_order: str = "random"
         # Kept-channel multiple of the final width step (1 = exact ratio, as the paper);
         # "auto": the multiple the latency table of `task.latency` measured fastest, under
         # any metric (info["round_to"] records it).
@@ -743,6 +751,8 @@ class DWR(Method):
                               "metric=latency use cost: measured")  # fmt: skip
         if o.tolerance <= 0:
             raise ConfigError(f"tolerance must be > 0, got {o.tolerance}")
+        if o.probe_order not in ("random", "split"):
+            raise ConfigError(f"probe_order must be 'random' or 'split', got {o.probe_order!r}")
         return dims
 
     def fit_model(self, x: np.ndarray, y: np.ndarray) -> SeparablePolynomial | FullPolynomial:
