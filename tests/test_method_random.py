@@ -110,6 +110,28 @@ def test_scoring_without_a_holdout_split_is_a_config_error() -> None:
         get_method("random")(**QUICK).run(task)
 
 
+def test_a_holdout_prefix_is_scored_on_every_class_and_the_same_images(monkeypatch) -> None:
+    # an image folder's hold-out is sorted by class: its first batches are one class
+    from prunelab.methods import random_scoring
+
+    data = build_data("synthetic", batch_size=16, n_train=96, n_test=16, holdout=64,
+                      image_size=16, num_classes=4)  # fmt: skip
+    hold = data.holdout
+    hold.indices = hold.indices[hold.labels[hold.indices].argsort(stable=True)]
+    seen = []
+
+    def capture(model, loader, max_batches=None):
+        seen.append(next(iter(loader))[1].tolist())
+        return 0.0
+
+    monkeypatch.setattr(random_scoring, "accuracy", capture)
+    setup = random_scoring.ScoringSetup("bn", data, data.train.state_dict(), bn_batches=1,
+                                        eval_batches=1)  # fmt: skip
+    for _ in range(2):
+        random_scoring.score_candidate(setup, prunelab.create("resnet20", num_classes=4))
+    assert seen[0] == seen[1] and set(seen[0]) == {0, 1, 2, 3}
+
+
 def test_search_end_to_end_picks_the_best_scored_candidate(capsys) -> None:
     torch.manual_seed(1)
     model = prunelab.create("resnet20")

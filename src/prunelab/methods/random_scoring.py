@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prunelab.data import DataBundle
+from prunelab.data import DataBundle, in_random_order
 from prunelab.graph.plan import Plan
 from prunelab.methods.finetune import accuracy, recalibrate_bn
 
@@ -197,4 +197,7 @@ def score_candidate(
         reconstruct(original, pruned, plan, batches, setup.steps, setup.reconstruct_lr)
     elif setup.mode not in ("bn", "finetune"):
         raise ValueError(f"unknown scoring mode {setup.mode!r}; use one of {SCORING_MODES}")
-    return accuracy(pruned, setup.data.holdout, setup.eval_batches)
+    holdout = setup.data.holdout
+    if setup.eval_batches is not None:  # a prefix of a class-sorted split would be a few classes
+        holdout = in_random_order(holdout, seed=0)  # the same images for every candidate
+    return accuracy(pruned, holdout, setup.eval_batches)

@@ -228,7 +228,8 @@ class RandomSearchPruning(Method):
         score_steps: optimisation steps of "finetune"/"reconstruct" scoring.
         finetune_lr: SGD learning rate of "finetune" scoring.
         reconstruct_lr: Adam learning rate of "reconstruct" scoring.
-        eval_batches: hold-out batches a score is measured on (None: all).
+        eval_batches: hold-out batches a score is measured on (None: all; else the first of
+            the split in a fixed random order, the same images for every candidate).
         from_scratch: re-initialise candidates, score them by `score_steps` of training
             from scratch ("finetune" scoring), train the winner from scratch.
         """
