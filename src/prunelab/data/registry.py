@@ -54,7 +54,8 @@ class DataBundle:
     """Loaders of one data set plus what a model needs to know about its inputs.
 
     `train` never contains the `holdout` images (when a hold-out was asked
-    for); `holdout` and `test` are un-augmented and in fixed order.
+    for); `holdout` and `test` are un-augmented and in fixed order (the data set's:
+    sorted by class for image folders; `in_random_order` for a prefix or halves).
     `input_size` is the native (C, H, W); `resolution` the side length every
     batch is resized to (None = native), settable for all loaders at once so a
     pruned model's recorded resolution can be applied to evaluation.
