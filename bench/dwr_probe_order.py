@@ -13,6 +13,7 @@ gain both ways, and the class counts of the two halves.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -26,15 +27,6 @@ from prunelab.cli.setup import checkpoint_path
 from prunelab.data import build_data, in_random_order
 from prunelab.graph.blocks import find_removable_blocks
 from prunelab.methods.dwr_probe import dbp_importance
-
-
-def probe_batches(loader: Any, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for i, (x, y) in enumerate(loader):
-        if i >= n:
-            break
-        out.append((x, y))
-    return out
 
 
 def halves(batches: list, num_classes: int) -> dict[str, Any]:
@@ -58,7 +50,7 @@ def main() -> None:
     blocks = [b.name for b in find_removable_blocks(model, torch.zeros(1, 3, 32, 32))]
     record: dict[str, Any] = {"model": args.model, "batches": args.batches, "blocks": blocks}
     for order, loader in (("split", data.holdout), ("random", in_random_order(data.holdout))):
-        h = halves(probe_batches(loader, args.batches), data.num_classes)
+        h = halves(list(itertools.islice(loader, args.batches)), data.num_classes)
         gains = dbp_importance(model, blocks, h["fit"], h["score"], data.num_classes)
         ranking = sorted(blocks, key=lambda b: gains[b])
         record[order] = {"classes_fit_half": h["classes"][0],
