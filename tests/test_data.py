@@ -509,3 +509,19 @@ def test_in_random_order_mixes_an_image_folder_split(tmp_path: Path):
     mixed = torch.cat([y for _, y in in_random_order(data.test, seed=1)]).tolist()
     assert plain == sorted(plain) and sorted(mixed) == plain and mixed != plain
     assert not data.test.shuffle
+
+
+def test_method_batches_of_a_class_sorted_split_hold_several_classes(tmp_path: Path):
+    # CHEX's and BWCP's masked-equals-pruned checks run on batches(task, 1, "test")
+    from prunelab.methods.base import PruneTask
+    from prunelab.methods.finetune import batches
+    from prunelab.train import TrainConfig
+
+    _write_folder(tmp_path)
+    data = build_data("imagefolder", root=tmp_path, image_size=12, batch_size=5, workers=0)
+    task = PruneTask(model=torch.nn.Identity(), data=data, target=0.5, train=TrainConfig())
+    assert torch.unique(next(iter(data.test))[1]).numel() == 1  # the split itself is sorted
+    first = [y for _, y in batches(task, 1, "test")]
+    assert len(first) == 1 and torch.unique(first[0]).numel() > 1
+    again = [y for _, y in batches(task, 1, "test")]
+    assert torch.equal(first[0], again[0])  # a fixed order, not a new draw per call

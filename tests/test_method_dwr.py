@@ -307,6 +307,10 @@ def test_round_steps_shortens_the_collection_rounds_only(monkeypatch) -> None:
     assert seen == [("collect/width_1", 1)]
     assert col.settings()["round_steps"] == 1  # a cache of full rounds is refused
     assert "round_steps" not in Collector(_task(), get_method("dwr")(**FAST).options).settings()
+    # points collected without distillation are not reused by a distilled run (and back)
+    kd = {"teacher": "dense", "weight": 0.9, "temperature": 4.0}
+    distilled = Collector(_task(distill=kd), get_method("dwr")(**FAST).options).settings()
+    assert distilled["distill"] == kd
     with pytest.raises(ConfigError, match="round_steps"):
         get_method("dwr")(round_steps=0).run(_task())
 

@@ -195,6 +195,8 @@ class Collector:
                 "probe_order": o.probe_order,
                 **({} if self.task.metric == "flops" else {"metric": self.task.metric}),
                 **({} if o.round_steps is None else {"round_steps": o.round_steps}),
+                # the collection rounds fine-tune with the recipe's distillation too
+                **({} if not self.task.train.distill else {"distill": self.task.train.distill}),
                 }  # fmt: skip
 
     def removable(self, model: nn.Module) -> list[str]:

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from prunelab import io
-from prunelab.data import DataBundle
+from prunelab.data import DataBundle, in_random_order
 from prunelab.errors import ConfigError
 from prunelab.layers import BatchWhitening2d
 from prunelab.methods.base import PruneTask
@@ -63,10 +63,16 @@ def distillation(task: PruneTask, config: TrainConfig) -> list[Distillation]:
 def batches(
     task: PruneTask, n: int, split: str = "train"
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Up to `n` batches of a split ("train", "holdout", "test"), e.g. for data-driven criteria."""
+    """Up to `n` batches of a split ("train", "holdout", "test"), e.g. for data-driven criteria.
+
+    Hold-out and test batches come in a fixed random order: those splits keep the
+    data set's order, so their first batch would hold a single class.
+    """
     loader = getattr(task.data, split)
     if loader is None:
         raise ValueError(f"the data has no {split} split")
+    if split != "train":
+        loader = in_random_order(loader, seed=0)
     cpu = torch.device("cpu")
     prepare = task_for(task.data).prepare  # targets may be a list of dicts (detection)
     for i, batch in enumerate(loader):
