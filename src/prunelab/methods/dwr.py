@@ -560,15 +560,21 @@ class Collector:
         """Where data collection stops along `dim`: the value at which it alone costs T.
 
         d = T and w = r = sqrt(T) under the paper's cost; under the measured
-        cost, solved from the cost model (0 if the dimension alone cannot
-        reach T: then collection removes everything it can).
+        cost, solved from the cost model. If the dimension alone cannot reach
+        T, collection removes everything it can: every block and channel
+        group, or down to the smallest input side the cost model measured
+        (a network's cost need not fall as r², e.g. EfficientNet-B0 at 16 of
+        32 px still costs 52%: zero pixels would mean no resolution point).
         """
         T = self.task.target
         if self.opts.cost == "paper":
             return T if dim == "depth" else math.sqrt(T)
         j = DIMS.index(dim)
-        pts, ok = solve_dimension(self.cost_model(), np.ones((1, 3)), j, T, 0.0)
-        return float(pts[0, j]) if ok[0] else 0.0
+        cost = self.cost_model()
+        pts, ok = solve_dimension(cost, np.ones((1, 3)), j, T, 0.0)
+        if ok[0]:
+            return float(pts[0, j])
+        return float(cost.sides[0]) if dim == "resolution" else 0.0
 
     def _closest_pixels(self, model: nn.Module, goal: float) -> int:
         """Side length whose cost is closest to `goal` (cost grows with pixels)."""
