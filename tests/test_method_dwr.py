@@ -416,10 +416,6 @@ def test_ranks_agree_under_torchrun(tmp_path) -> None:
     ]
 
 
-if __name__ == "__main__":  # a rank of test_ranks_agree_under_torchrun
-    _ddp_rank(sys.argv[1])
-
-
 def test_resolution_is_collected_to_the_smallest_measured_side_when_it_cannot_reach_t() -> None:
     # at 10% FLOPs resolution alone would need r of about 0.32, below the cost model's 0.5
     task = _task()
@@ -428,3 +424,8 @@ def test_resolution_is_collected_to_the_smallest_measured_side_when_it_cannot_re
     assert col.cost_model()(np.array([[1.0, 1.0, 0.5]]))[0] > 0.1
     assert col.lowest("resolution") == pytest.approx(0.5)
     assert col.schedule("resolution") == [12, 8]  # of 16 px, in FAST's two rounds
+
+
+if __name__ == "__main__":  # a rank of test_ranks_agree_under_torchrun
+    _ddp_rank(sys.argv[1])
+
