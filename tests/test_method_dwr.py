@@ -307,12 +307,18 @@ def test_round_steps_shortens_the_collection_rounds_only(monkeypatch) -> None:
     assert seen == [("collect/width_1", 1)]
     assert col.settings()["round_steps"] == 1  # a cache of full rounds is refused
     assert "round_steps" not in Collector(_task(), get_method("dwr")(**FAST).options).settings()
-    # points collected without distillation are not reused by a distilled run (and back)
+    with pytest.raises(ConfigError, match="round_steps"):
+        get_method("dwr")(round_steps=0).run(_task())
+
+
+def test_points_collected_without_distillation_are_refused_by_a_distilled_run(three_d) -> None:
+    _, _, _, run_dir = three_d  # its cache was collected without distillation
     kd = {"teacher": "dense", "weight": 0.9, "temperature": 4.0}
     distilled = Collector(_task(distill=kd), get_method("dwr")(**FAST).options).settings()
     assert distilled["distill"] == kd
-    with pytest.raises(ConfigError, match="round_steps"):
-        get_method("dwr")(round_steps=0).run(_task())
+    assert "distill" not in Collector(_task(), get_method("dwr")(**FAST).options).settings()
+    with pytest.raises(ConfigError, match="other settings"):
+        get_method("dwr")(**FAST).run(_task(run_dir, distill=kd))
 
 
 def test_origin_is_retrained_like_every_point_or_taken_as_is(three_d, monkeypatch) -> None:
